@@ -1,0 +1,305 @@
+"""The nouns that flow between stages (see DESIGN.md: TargetSpec -> HostFacts -> Plan -> ...).
+
+Frozen dataclasses with units in field names. Every one serialises with `serde.to_json_dict`
+and loads back with `serde.from_dict`. The JSON keys are a public contract: add, never rename.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+# --- target ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """How to reach a target and where to deploy on it (from targets/*.yaml or a target string)."""
+
+    name: str
+    kind: str  # local | ssh | adb | serial
+    host: str | None = None
+    user: str | None = None
+    port: int | None = None
+    adb_serial: str | None = None
+    device: str | None = None  # serial console path
+    baud: int | None = None
+    deploy_dir: str | None = None  # None: the kind's default (see shipper.default_deploy_root)
+    python: str | None = None  # interpreter on the target; None: python3
+    board: str | None = None  # id in targets/boards/, used when a measurement is missing
+    host_key: str = "strict"  # strict | accept-new
+    login_user: str | None = None  # serial console login
+    login_password_env: str | None = None
+    source: str = ""  # where the definition came from (file path or "command line")
+
+
+# --- probe ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """A fact the probe could not establish, and why (never a guess presented as fact)."""
+
+    fact: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class BoardFacts:
+    model: str | None = None
+    compatible: list[str] = field(default_factory=list)
+    dmi_product: str | None = None
+    android_model: str | None = None
+    android_soc: str | None = None
+    android_platform: str | None = None
+    mac_model: str | None = None
+
+
+@dataclass(frozen=True)
+class OsFacts:
+    kind: str  # linux | android | darwin | unknown
+    kernel: str | None = None
+    distribution: str | None = None
+    arch: str | None = None  # kernel machine (uname -m): may be 32-bit on 64-bit hardware
+    libc: str | None = None  # "glibc 2.36", "musl", "bionic"
+
+
+@dataclass(frozen=True)
+class CpuCluster:
+    name: str
+    cores: int
+    cpu_ids: list[int] = field(default_factory=list)
+    max_mhz: float | None = None
+
+
+@dataclass(frozen=True)
+class CpuFacts:
+    arch: str | None
+    cores: int
+    features: list[str] = field(default_factory=list)
+    model_name: str | None = None
+    clusters: list[CpuCluster] = field(default_factory=list)
+    recommended_threads: int = 1
+
+
+@dataclass(frozen=True)
+class MemoryFacts:
+    total_bytes: int
+    available_bytes: int
+    usable_bytes: int
+    reserve_bytes: int = 0
+    reserve_reason: str = ""
+    available_source: str = "MemAvailable"
+    swap_total_bytes: int = 0
+    zram_bytes: int = 0
+    cgroup_limit_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class BandwidthFacts:
+    read_bytes_per_s: float | None = None  # at recommended threads
+    read_1t_bytes_per_s: float | None = None
+    threads: int | None = None
+    method: str = "not measured"
+
+
+@dataclass(frozen=True)
+class StorageFacts:
+    path: str
+    free_bytes: int | None = None
+    read_bytes_per_s: float | None = None
+    fs_type: str | None = None
+    device: str | None = None
+    kind: str | None = None  # sd | emmc | nvme | usb | ufs | ssd | hdd | unknown
+    read_method: str = "not measured"
+
+
+@dataclass(frozen=True)
+class Accelerator:
+    kind: str  # nvidia-gpu | vulkan | mali | adreno | apple-gpu | npu ...
+    name: str
+    memory_bytes: int | None = None
+    shared_memory: bool = False
+    llama_cpp_backend: str = "not usable by llama.cpp"
+
+
+@dataclass(frozen=True)
+class ThermalFacts:
+    temperatures_c: dict[str, float] = field(default_factory=dict)
+    throttled: str | None = None
+    power_sensors: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RuntimeFacts:
+    python: str | None = None
+    python_path: str | None = None
+    llama_cpp: str | None = None
+    llama_cpp_backends: list[str] = field(default_factory=list)
+    pip: bool = False
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    target: str
+    board: BoardFacts
+    os: OsFacts
+    cpu: CpuFacts
+    memory: MemoryFacts
+    storage: StorageFacts
+    bandwidth: BandwidthFacts = field(default_factory=BandwidthFacts)
+    accelerators: list[Accelerator] = field(default_factory=list)
+    thermal: ThermalFacts = field(default_factory=ThermalFacts)
+    runtime: RuntimeFacts = field(default_factory=RuntimeFacts)
+    unknown: list[Unknown] = field(default_factory=list)
+    probe_s: float = 0.0
+
+
+# --- plan -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    decode_ms_per_token: float
+    ttft_ms: float | None = None
+    source: str = ""  # what the user typed, e.g. "120ms"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    decode_tokens_per_s: float
+    decode_ms_per_token: float
+    prefill_tokens_per_s: float
+    peak_memory_bytes: int
+    weights_bytes: int = 0
+    kv_bytes: int = 0
+    compute_bytes: int = 0
+    overhead_bytes: int = 0
+    bytes_per_token: int = 0
+    streamed_bytes_per_token: int = 0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    model: str
+    quant: str
+    fits: bool
+    reasons: list[str]
+    predicted: Prediction | None
+    params: int = 0
+    file_bytes: int = 0
+    file_bytes_estimated: bool = False
+    available: bool = False
+    ctx: int = 0
+    kv_type: str = "f16"
+    mode: str = "resident"
+
+
+@dataclass(frozen=True)
+class Selected:
+    model: str
+    quant: str
+    params: int
+    file_bytes: int
+    ctx: int
+    kv_type: str
+    threads: int
+    mode: str  # resident | stream
+    predicted: Prediction
+    flash_attn: bool = False
+    use_mmap: bool = True
+    gguf_path: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Basis:
+    usable_memory_bytes: int
+    bandwidth_bytes_per_s: float
+    efficiency: float
+    bandwidth_source: str = ""
+    efficiency_source: str = ""
+    per_token_overhead_s: float = 0.0
+    compute_flops_per_s: float = 0.0
+    storage_read_bytes_per_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    selected: Selected | None
+    candidates: list[Candidate]
+    basis: Basis
+    budget: Budget
+    target: str = ""
+    nearest_miss: str | None = None
+
+
+# --- package, ship, run ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BundleFile:
+    path: str  # relative to the bundle root
+    sha256: str
+    size_bytes: int
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: str
+    release_id: str
+    model_file: str  # relative path of the GGUF inside the bundle
+    model_sha256: str
+    files: list[BundleFile]
+
+
+@dataclass(frozen=True)
+class Release:
+    id: str
+    deploy_root: str
+    path: str
+    model_path: str
+    model_sha256: str
+    model_bytes_sent: int
+    model_already_present: bool
+    activated: bool = False
+    previous: str | None = None
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """What the runner measured on the device (never computed on the host)."""
+
+    load_s: float
+    ttft_s: float
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    decode_ms_p50: float
+    decode_ms_p90: float
+    peak_rss_bytes: int
+    llama_cpp: str
+    threads: int
+    ctx: int
+    model_sha256: str
+    decode_ms_p99: float = 0.0
+    prompt_tokens: int = 0
+    decode_tokens: int = 0
+    temperature_before_c: float | None = None
+    temperature_after_c: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    observed: float | str | None
+    limit: float | str | None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    checks: list[Check]

@@ -1,0 +1,148 @@
+"""The Transport protocol: run commands, move files, say what the link can do.
+
+The base class owns run semantics (quoting, timeouts, the result object, errors carrying the
+last lines of output). Each transport implements only the byte-level primitives `_exec`,
+`_put` and `_get`, so quoting and error handling are written once.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolchain.errors import CommandFailed, CommandTimeout
+
+ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
+
+TAIL_LINES = 12
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    file_transfer: bool = True
+    max_file_bytes: int | None = None  # None: no limit
+    separate_stderr: bool = True
+    resumable_put: bool = True
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    exit_status: int
+    stdout: str
+    stderr: str
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+    def tail(self, lines: int = TAIL_LINES) -> str:
+        text = (self.stdout + ("\n" + self.stderr if self.stderr else "")).strip()
+        return "\n".join(text.splitlines()[-lines:])
+
+
+def shell_join(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """Quote every argument for a POSIX shell: no value reaches a remote shell unquoted."""
+    prefix = ""
+    if env:
+        prefix = "env " + " ".join(shlex.quote(f"{k}={v}") for k, v in env.items()) + " "
+    return prefix + shlex.join(list(argv))
+
+
+class Transport(ABC):
+    """A connection to one target. Use as a context manager or call close()."""
+
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self, display: str) -> None:
+        self.display = display
+
+    # --- public API used by every stage ---
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        timeout: float = 60.0,
+        stdin: bytes | None = None,
+        check: bool = True,
+        env: Mapping[str, str] | None = None,
+    ) -> CommandResult:
+        """Run argv on the target (quoted), with a timeout; raise CommandFailed when check."""
+        return self.run_shell(shell_join(argv, env), timeout=timeout, stdin=stdin, check=check)
+
+    def run_shell(
+        self, command: str, *, timeout: float = 60.0, stdin: bytes | None = None, check: bool = True
+    ) -> CommandResult:
+        """Run a shell command line that the caller built from quoted parts."""
+        start = time.monotonic()
+        try:
+            status, out, err = self._exec(command, timeout, stdin)
+        except TimeoutError as exc:
+            raise CommandTimeout(
+                f"{self.display}: command timed out after {timeout:g} s: {_short(command)}",
+                "the target may be overloaded or hung; retry, or raise the timeout",
+            ) from exc
+        result = CommandResult(
+            command=command,
+            exit_status=status,
+            stdout=out.decode("utf-8", "replace"),
+            stderr=err.decode("utf-8", "replace"),
+            duration_s=time.monotonic() - start,
+        )
+        if check and not result.ok:
+            tail = result.tail()
+            raise CommandFailed(
+                f"{self.display}: command failed (exit {status}): {_short(command)}"
+                + (f": {tail.splitlines()[-1]}" if tail else ""),
+                "the last lines of its output are in the report; run with --debug for all of it",
+                exit_status=status,
+                output_tail=tail,
+            )
+        return result
+
+    def run_script(self, script: str, *, timeout: float = 60.0, check: bool = True) -> CommandResult:
+        """Run a POSIX sh script in one round trip (fed on stdin; transports may override)."""
+        return self.run_shell("sh -s", timeout=timeout, stdin=script.encode(), check=check)
+
+    def put(self, local: Path, remote: str, *, offset: int = 0, progress: ProgressFn | None = None) -> None:
+        """Copy local into remote; with offset > 0, append local[offset:] to an existing remote."""
+        self._put(local, remote, offset, progress)
+
+    def get(self, remote: str, local: Path, *, progress: ProgressFn | None = None) -> None:
+        self._get(remote, local, progress)
+
+    def home(self) -> str:
+        """The login user's home directory on the target, as an absolute path."""
+        return self.run_shell('printf %s "$HOME"', timeout=30).stdout.strip() or "/"
+
+    def close(self) -> None:
+        """Release the connection; idempotent."""
+
+    def __enter__(self) -> Transport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- primitives each transport implements ---
+
+    @abstractmethod
+    def _exec(self, command: str, timeout: float, stdin: bytes | None) -> tuple[int, bytes, bytes]:
+        """Run a shell command line; return (exit status, stdout, stderr); raise TimeoutError."""
+
+    @abstractmethod
+    def _put(self, local: Path, remote: str, offset: int, progress: ProgressFn | None) -> None: ...
+
+    @abstractmethod
+    def _get(self, remote: str, local: Path, progress: ProgressFn | None) -> None: ...
+
+
+def _short(command: str, limit: int = 120) -> str:
+    command = " ".join(command.split())
+    return command if len(command) <= limit else command[: limit - 3] + "..."

@@ -1,0 +1,61 @@
+"""The machine edgedeploy runs on, reached through the same protocol as a remote board."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from toolchain.transports.base import Capabilities, ProgressFn, Transport
+
+CHUNK = 4 << 20
+
+
+class LocalTransport(Transport):
+    capabilities = Capabilities(file_transfer=True, max_file_bytes=None, separate_stderr=True, resumable_put=True)
+
+    def __init__(self) -> None:
+        super().__init__("local")
+
+    def _exec(self, command: str, timeout: float, stdin: bytes | None) -> tuple[int, bytes, bytes]:
+        # Own process group so a timeout kills the whole pipeline, not just sh.
+        proc = subprocess.Popen(
+            ["/bin/sh", "-c", command],
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(stdin, timeout=timeout)
+        except subprocess.TimeoutExpired as exc:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise TimeoutError(command) from exc
+        return proc.returncode, out, err
+
+    def _put(self, local: Path, remote: str, offset: int, progress: ProgressFn | None) -> None:
+        _copy(local, Path(remote), offset, progress)
+
+    def _get(self, remote: str, local: Path, progress: ProgressFn | None) -> None:
+        _copy(Path(remote), local, 0, progress)
+
+    def home(self) -> str:
+        return str(Path.home())
+
+
+def _copy(src: Path, dst: Path, offset: int, progress: ProgressFn | None) -> None:
+    total = src.stat().st_size
+    with src.open("rb") as fin, dst.open("r+b" if offset else "wb") as fout:
+        fin.seek(offset)
+        fout.seek(offset)
+        fout.truncate()
+        done = offset
+        while chunk := fin.read(CHUNK):
+            fout.write(chunk)
+            done += len(chunk)
+            if progress:
+                progress(done, total)
+    if progress and total == 0:
+        progress(0, 0)
