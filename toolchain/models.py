@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-
 # --- target ---------------------------------------------------------------------------------
 
 
@@ -297,6 +296,7 @@ class Check:
     observed: float | str | None
     limit: float | str | None
     detail: str = ""
+    severity: str = "error"  # error: fails the verdict; warning: reported only
 
 
 @dataclass(frozen=True)

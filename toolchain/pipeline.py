@@ -1,0 +1,199 @@
+"""The stages chained: probe -> plan -> package -> ship -> run -> collect -> validate -> report.
+
+Each stage function takes the output of the one before; `ship` chains them all and always
+writes its run directory (a failed run still writes its report).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from toolchain import calibration, ui
+from toolchain.boards import BoardSpec, load_boards, lookup_board
+from toolchain.catalog import load_catalog
+from toolchain.errors import EXIT_NOTHING_FITS, EXIT_OK, EXIT_TARGET, EXIT_VALIDATION, EdgeDeployError, TargetError
+from toolchain.gguf_file import read_gguf, sha256_file
+from toolchain.model_sources import obtain, offline_sources
+from toolchain.models import Budget, Check, HostFacts, Plan, Release, TargetSpec, Verdict
+from toolchain.packager import package
+from toolchain.planner import PlanOptions, make_plan
+from toolchain.planning import Overrides, build_basis, build_options
+from toolchain.probe import probe as run_probe
+from toolchain.report import new_run_dir, write_reports
+from toolchain.runner import run_bench
+from toolchain.serde import to_json_dict
+from toolchain.shipper import Shipper, default_deploy_root
+from toolchain.transports.base import Transport
+from toolchain.transports.factory import connect
+from toolchain.validate import failed_run_verdict, validate
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    budget: Budget
+    ctx: int | None = None
+    models: tuple[str, ...] = ()
+    quants: tuple[str, ...] = ()
+    paths: tuple[Path, ...] = ()
+    allow_low_bit: bool = False
+    offline: bool | None = None  # None: the target's default (local plans with what is here)
+    overrides: Overrides = field(default_factory=Overrides)
+    board: str | None = None
+
+
+def target_python(spec: TargetSpec, facts: HostFacts | None = None) -> str:
+    if spec.python:
+        return spec.python
+    if spec.kind == "local":
+        return sys.executable  # the interpreter that has this toolchain's llama-cpp-python
+    return (facts.runtime.python_path if facts and facts.runtime.python_path else None) or "python3"
+
+
+def deploy_root(spec: TargetSpec, transport: Transport, override: str | None = None) -> str:
+    spec = replace(spec, deploy_dir=override) if override else spec
+    return default_deploy_root(spec, transport.home())
+
+
+def probe_target(spec: TargetSpec, transport: Transport, root: str, *, quick: bool = False, record: Path | None = None) -> HostFacts:
+    spec = replace(spec, python=target_python(spec))
+    with ui.spinner(f"probing {spec.name}"):
+        return run_probe(transport, spec, deploy_dir=root, quick=quick, record=record)
+
+
+def plan_for(facts: HostFacts | None, req: PlanRequest, *, target_kind: str = "local", target_board: str | None = None) -> Plan:
+    boards = load_boards()
+    board_id = req.board or target_board
+    board: BoardSpec | None = lookup_board(boards, board_id) if board_id else None
+    corr = calibration.correction(calibration.load(calibration.fingerprint(facts))) if facts else calibration.Correction(1.0, 0, "")
+    basis, speed, threads = build_basis(facts, board, req.overrides, corr)
+    offline = req.offline if req.offline is not None else target_kind == "local"
+    options = build_options(load_catalog(), offline_sources(), models=req.models, quants=req.quants, paths=req.paths)
+    opts = PlanOptions(ctx=req.ctx, threads=threads, allow_low_bit=req.allow_low_bit, require_available=offline)
+    return make_plan(options, basis, speed, req.budget, opts, target=facts.target if facts else (board.id if board else "what-if"))
+
+
+@dataclass
+class ShipResult:
+    report: dict[str, Any]
+    exit_code: int
+    run_dir: Path
+
+
+def ship(spec: TargetSpec, req: PlanRequest, *, deploy_dir: str | None = None, force: bool = False,
+         accept_new_host_key: bool = False, quick_probe: bool = False, strict_prediction: bool = False) -> ShipResult:
+    run_dir = new_run_dir(spec.name)
+    report: dict[str, Any] = {"target": spec.name, "plan": None, "release": None, "telemetry": None,
+                              "verdict": {"passed": False, "checks": []}, "run_dir": str(run_dir)}
+    code = EXIT_TARGET
+    try:
+        code = _ship(spec, req, run_dir, report, deploy_dir, force, accept_new_host_key, quick_probe, strict_prediction)
+    except EdgeDeployError as exc:
+        report["error"] = exc.message
+        report["hint"] = exc.hint
+        if not report["verdict"]["checks"]:
+            report["verdict"] = to_json_dict(failed_run_verdict(exc.message))
+        code = exc.exit_code
+        raise
+    finally:
+        write_reports(run_dir, report)
+        ui.log(f"report: {run_dir / 'report.md'}")
+    return ShipResult(report, code, run_dir)
+
+
+def _ship(spec: TargetSpec, req: PlanRequest, run_dir: Path, report: dict[str, Any], deploy_dir: str | None,
+          force: bool, accept_new: bool, quick_probe: bool, strict_prediction: bool) -> int:
+    ui.step(f"connecting to {spec.name}")
+    with connect(spec, accept_new_host_key=accept_new) as transport:
+        root = deploy_root(spec, transport, deploy_dir)
+        facts = probe_target(spec, transport, root, quick=quick_probe)
+        (run_dir / "facts.json").write_text(json.dumps(to_json_dict(facts), indent=2) + "\n")
+        python = target_python(spec, facts)
+        if facts.runtime.llama_cpp is None:
+            raise TargetError(f"{spec.name}: llama-cpp-python is not importable by {python} on the target",
+                              "install it on the target (pip install llama-cpp-python), or set python: in the target's YAML")
+        ui.step("planning")
+        plan = plan_for(facts, req, target_kind=spec.kind, target_board=spec.board)
+        report["plan"] = to_json_dict(plan)
+        (run_dir / "plan.json").write_text(json.dumps(report["plan"], indent=2) + "\n")
+        sel = plan.selected
+        if sel is None:
+            report["error"] = f"nothing fits the budgets on {spec.name}; nearest: {plan.nearest_miss}"
+            report["hint"] = "raise --budget, lower --ctx, or allow --allow-low-bit"
+            miss = Check("plan", False, plan.nearest_miss, "a fitting candidate")
+            report["verdict"] = to_json_dict(Verdict(passed=False, checks=[miss]))
+            return EXIT_NOTHING_FITS
+        ui.log(f"  selected {sel.model} {sel.quant}: predicted {sel.predicted.decode_tokens_per_s:.1f} tok/s, "
+               f"{sel.predicted.peak_memory_bytes / 2**20:.0f} MiB")
+        entry_paths = {Path(sel.gguf_path)} if sel.gguf_path else set()
+        gguf = next(iter(entry_paths)) if entry_paths else obtain(load_catalog()[sel.model], sel.quant, log=ui.log)
+        read_gguf(gguf)  # rejects truncated/corrupt files before anything is shipped
+        sha = cached_sha256(gguf)
+        ui.step("packaging")
+        bundle = package(plan, gguf, run_dir / "bundle", python=python, model_sha256=sha)
+        ui.step(f"shipping to {root}")
+        shipper = Shipper(transport, root, python=python, log=ui.log)
+        shipper.prepare()
+        with ui.transfer_bar("model", gguf.stat().st_size) as bar:
+            _, sent, present = shipper.upload_model(gguf, sha, progress=bar)
+        release = replace(shipper.install_release(bundle), model_bytes_sent=sent, model_already_present=present)
+        report["release"] = to_json_dict(release)
+        ui.step(f"running release {release.id} on {spec.name}")
+        outcome = run_bench(transport, release, python=python, run_dir=run_dir)
+        if outcome.telemetry is None:
+            report["error"] = outcome.error
+            report["log_tail"] = outcome.log_tail
+            report["verdict"] = to_json_dict(failed_run_verdict(outcome.error or "runner failed"))
+            ui.log(f"  {outcome.error}; previous release stays current")
+            return EXIT_VALIDATION if outcome.failure_kind == "oom" else EXIT_TARGET
+        tel = outcome.telemetry
+        report["telemetry"] = to_json_dict(tel)
+        verdict = validate(tel, sel, plan.budget, usable_memory_bytes=facts.memory.usable_bytes,
+                           shipped_sha256=sha, strict_prediction=strict_prediction)
+        report["verdict"] = to_json_dict(verdict)
+        _record_calibration(facts, plan, tel.decode_tokens_per_s, tel.peak_rss_bytes)
+        if verdict.passed or force:
+            shipper.activate(release.id)
+            shipper.prune()
+            release = replace(release, activated=True)
+            report["release"] = to_json_dict(release)
+        return EXIT_OK if verdict.passed else EXIT_VALIDATION
+
+
+def _record_calibration(facts: HostFacts, plan: Plan, decode_tps: float, peak_rss: int) -> None:
+    sel = plan.selected
+    assert sel is not None
+    factor = calibration.correction(calibration.load(calibration.fingerprint(facts))).factor
+    calibration.record(calibration.fingerprint(facts), {
+        "model": sel.model, "quant": sel.quant, "threads": sel.threads, "ctx": sel.ctx,
+        "predicted_decode_s": sel.predicted.decode_ms_per_token / 1000.0 / factor,  # uncorrected basis
+        "measured_decode_s": 1.0 / decode_tps, "bytes_per_token": sel.predicted.bytes_per_token,
+        "predicted_peak_bytes": sel.predicted.peak_memory_bytes, "measured_peak_bytes": peak_rss,
+        "bandwidth_bytes_per_s": plan.basis.bandwidth_bytes_per_s,
+    })
+
+
+def cached_sha256(path: Path) -> str:
+    """sha256 with a sidecar cache keyed by size and mtime: multi-GB files are hashed once."""
+    st = path.stat()
+    side = path.with_name(path.name + ".sha256")
+    key = f"{st.st_size}:{st.st_mtime_ns}"
+    try:
+        stored_key, digest = side.read_text().split()
+        if stored_key == key:
+            return digest
+    except (OSError, ValueError):
+        pass
+    digest = sha256_file(path)
+    try:
+        side.write_text(f"{key} {digest}\n")
+    except OSError:
+        pass  # read-only location: hash again next time
+    return digest
+
+
+def release_summary(release: Release) -> str:
+    return f"{release.id} ({'activated' if release.activated else 'not activated'})"
