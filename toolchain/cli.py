@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -27,6 +28,7 @@ models_app = typer.Typer(help="The model catalog: list, inspect, fetch, requanti
 app.add_typer(models_app, name="models")
 
 STATE: dict[str, bool] = {"debug": False}
+DEFAULT_BUDGET = "120ms"  # average human reading speed: 8.33 tokens/s
 T = TypeVar("T")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
@@ -77,8 +79,6 @@ def guarded(as_json: bool, fn: Callable[[], T]) -> T:
 
 
 def _budget(text: str, ttft: str | None) -> Any:
-    from dataclasses import replace
-
     from toolchain.units import parse_budget, parse_duration_ms
 
     budget = _named_budget(text) or parse_budget(text)
@@ -102,7 +102,7 @@ def _named_budget(name: str) -> Any:
     return Budget(decode_ms_per_token=field(b, "decode_ms_per_token", float, where), ttft_ms=ttft, source=name)
 
 
-def _plan_request(budget: str, ttft: str | None, ctx: int | None, model: list[str] | None, quant: list[str] | None,
+def _plan_request(budget: str | None, ttft: str | None, ctx: int | None, model: list[str] | None, quant: list[str] | None,
                   allow_low_bit: bool, offline: bool | None, board: str | None = None, ram: str | None = None,
                   bandwidth: str | None = None, storage_read: str | None = None, bandwidth_share: float = 1.0,
                   efficiency: float | None = None, backend: str = "cpu", threads: int | None = None) -> Any:
@@ -128,11 +128,11 @@ def _plan_request(budget: str, ttft: str | None, ctx: int | None, model: list[st
         storage_read_bytes_per_s=parse_rate(storage_read, "--storage-read") if storage_read else None,
         bandwidth_share=bandwidth_share, efficiency=efficiency, backend=backend, threads=threads,
     )
-    return PlanRequest(budget=_budget(budget, ttft), ctx=ctx, models=tuple(ids), quants=tuple(quant or []),
+    return PlanRequest(budget=_budget(budget or DEFAULT_BUDGET, ttft), budget_given=budget is not None, ctx=ctx, models=tuple(ids), quants=tuple(quant or []),
                        paths=tuple(paths), allow_low_bit=allow_low_bit, offline=offline, overrides=ov, board=board)
 
 
-BudgetOpt = Annotated[str, typer.Option("--budget", help="Per-token decode latency: 120ms, 0.12s or 8.33tok/s (or a profile name from profiles/budgets.yaml).")]
+BudgetOpt = Annotated[str | None, typer.Option("--budget", help="Per-token decode latency: 120ms, 0.12s or 8.33tok/s (or a profile name from profiles/budgets.yaml).")]
 TtftOpt = Annotated[str | None, typer.Option("--ttft", help="Time-to-first-token budget, e.g. 2s.")]
 CtxOpt = Annotated[int | None, typer.Option("--ctx", help="Context length (default 4096, or the model's maximum if smaller).")]
 ModelOpt = Annotated[list[str] | None, typer.Option("--model", help="Restrict to a catalog id or a local .gguf path (repeatable).")]
@@ -174,7 +174,7 @@ def plan(
     target: Annotated[str | None, typer.Option("--target", help="Probe this target and plan for it.")] = None,
     facts_file: Annotated[Path | None, typer.Option("--facts", help="Plan from a saved `probe --json` document.")] = None,
     board: Annotated[str | None, typer.Option("--board", help="Plan for a board from targets/boards/ (what-if).")] = None,
-    budget: BudgetOpt = "120ms", ttft: TtftOpt = None, ctx: CtxOpt = None, model: ModelOpt = None, quant: QuantOpt = None,
+    budget: BudgetOpt = None, ttft: TtftOpt = None, ctx: CtxOpt = None, model: ModelOpt = None, quant: QuantOpt = None,
     allow_low_bit: LowBitOpt = False, offline: OfflineOpt = None,
     ram: Annotated[str | None, typer.Option("--ram", help="Override RAM, e.g. 8GB.")] = None,
     bandwidth: Annotated[str | None, typer.Option("--bandwidth", help="Override read bandwidth, e.g. 17GB/s.")] = None,
@@ -225,12 +225,15 @@ def plan(
 @app.command()
 def ship(
     target: Annotated[str, typer.Option("--target", help="Where to deploy (see `edgedeploy targets`).")],
-    budget: BudgetOpt = "120ms", ttft: TtftOpt = None, ctx: CtxOpt = None, model: ModelOpt = None, quant: QuantOpt = None,
+    budget: BudgetOpt = None, ttft: TtftOpt = None, ctx: CtxOpt = None, model: ModelOpt = None, quant: QuantOpt = None,
     allow_low_bit: LowBitOpt = False, offline: OfflineOpt = None,
     deploy_dir: Annotated[str | None, typer.Option("--deploy-dir", help="Deploy root on the target.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Activate the release even if validation fails.")] = False,
     accept_new_host_key: Annotated[bool, typer.Option("--accept-new-host-key", help="Record an unknown SSH host key.")] = False,
     strict_prediction: Annotated[bool, typer.Option("--strict-prediction", help="Fail when the prediction is off by more than the tolerance.")] = False,
+    efficiency: Annotated[float | None, typer.Option("--efficiency", help="Override the fraction of bandwidth decode reaches.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="Decode threads (default: the big cores).")] = None,
+    plan_file: Annotated[Path | None, typer.Option("--plan", help="Ship a saved `plan --json` document instead of planning.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Probe, plan, package, ship, run and validate; activate the release only if it passes."""
@@ -238,7 +241,9 @@ def ship(
     from toolchain.targets import resolve_target
 
     def run() -> Any:
-        req = _plan_request(budget, ttft, ctx, model, quant, allow_low_bit, offline)
+        req = _plan_request(budget, ttft, ctx, model, quant, allow_low_bit, offline, efficiency=efficiency, threads=threads)
+        if plan_file is not None:
+            req = replace(req, plan_file=plan_file)
         return do_ship(resolve_target(target), req, deploy_dir=deploy_dir, force=force,
                        accept_new_host_key=accept_new_host_key, strict_prediction=strict_prediction)
 

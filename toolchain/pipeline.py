@@ -15,7 +15,7 @@ from typing import Any
 from toolchain import calibration, ui
 from toolchain.boards import BoardSpec, load_boards, lookup_board
 from toolchain.catalog import load_catalog
-from toolchain.errors import EXIT_NOTHING_FITS, EXIT_OK, EXIT_TARGET, EXIT_VALIDATION, EdgeDeployError, TargetError
+from toolchain.errors import EXIT_NOTHING_FITS, EXIT_OK, EXIT_TARGET, EXIT_VALIDATION, BadInputError, EdgeDeployError, TargetError
 from toolchain.gguf_file import read_gguf, sha256_file
 from toolchain.model_sources import obtain, offline_sources
 from toolchain.models import Budget, Check, HostFacts, Plan, Release, TargetSpec, Verdict
@@ -25,7 +25,7 @@ from toolchain.planning import Overrides, build_basis, build_options
 from toolchain.probe import probe as run_probe
 from toolchain.report import new_run_dir, write_reports
 from toolchain.runner import run_bench
-from toolchain.serde import to_json_dict
+from toolchain.serde import from_dict, to_json_dict
 from toolchain.shipper import Shipper, default_deploy_root
 from toolchain.transports.base import Transport
 from toolchain.transports.factory import connect
@@ -35,6 +35,8 @@ from toolchain.validate import failed_run_verdict, validate
 @dataclass(frozen=True)
 class PlanRequest:
     budget: Budget
+    budget_given: bool = True
+    plan_file: Path | None = None  # ship a saved plan instead of planning
     ctx: int | None = None
     models: tuple[str, ...] = ()
     quants: tuple[str, ...] = ()
@@ -116,7 +118,7 @@ def _ship(spec: TargetSpec, req: PlanRequest, run_dir: Path, report: dict[str, A
             raise TargetError(f"{spec.name}: llama-cpp-python is not importable by {python} on the target",
                               "install it on the target (pip install llama-cpp-python), or set python: in the target's YAML")
         ui.step("planning")
-        plan = plan_for(facts, req, target_kind=spec.kind, target_board=spec.board)
+        plan = load_plan(req) if req.plan_file else plan_for(facts, req, target_kind=spec.kind, target_board=spec.board)
         report["plan"] = to_json_dict(plan)
         (run_dir / "plan.json").write_text(json.dumps(report["plan"], indent=2) + "\n")
         sel = plan.selected
@@ -161,6 +163,16 @@ def _ship(spec: TargetSpec, req: PlanRequest, run_dir: Path, report: dict[str, A
             release = replace(release, activated=True)
             report["release"] = to_json_dict(release)
         return EXIT_OK if verdict.passed else EXIT_VALIDATION
+
+
+def load_plan(req: PlanRequest) -> Plan:
+    """A saved `plan --json` document; --budget, when given, replaces the plan's budget."""
+    assert req.plan_file is not None
+    try:
+        plan = from_dict(Plan, json.loads(req.plan_file.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise BadInputError(f"{req.plan_file}: not a plan JSON document ({exc})", "write one with: edgedeploy plan ... --json > plan.json") from exc
+    return replace(plan, budget=req.budget) if req.budget_given else plan
 
 
 def _record_calibration(facts: HostFacts, plan: Plan, decode_tps: float, peak_rss: int) -> None:
