@@ -1,0 +1,34 @@
+"""pytest fixtures for emulated SSH boards. tests/conftest.py: `from tests.boards.fixtures import *`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.boards.sshd import SshBoard
+
+__all__ = ["rpi4_board", "ssh_board_factory"]
+
+
+@pytest.fixture
+def ssh_board_factory() -> Iterator[Callable[..., SshBoard]]:
+    """`ssh_board_factory("orangepi5", memory_limit_bytes=...)` -> a started SshBoard, stopped at teardown."""
+    boards: list[SshBoard] = []
+
+    def start(board: str | Path, *, port: int | None = None, memory_limit_bytes: int | None = None) -> SshBoard:
+        b = SshBoard(board, port=port, memory_limit_bytes=memory_limit_bytes)
+        boards.append(b)
+        return b.start()
+
+    yield start
+    for b in boards:
+        b.stop()
+
+
+@pytest.fixture(scope="session")
+def rpi4_board() -> Iterator[SshBoard]:
+    """One Raspberry Pi 4 (4 GB, 64-bit) for the whole session: do not kill its connections."""
+    with SshBoard("rpi4-4gb") as board:
+        yield board
