@@ -121,7 +121,7 @@ class Transport(ABC):
         """The login user's home directory on the target, as an absolute path."""
         return self.run_shell('printf %s "$HOME"', timeout=30).stdout.strip() or "/"
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most transports hold nothing to release
         """Release the connection; idempotent."""
 
     def __enter__(self) -> Transport:
