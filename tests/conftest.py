@@ -10,12 +10,9 @@ from pathlib import Path
 
 import pytest
 
-try:  # TODO(integration): make unconditional once the rigs land
-    from tests.boards.fixtures import *  # noqa: F403  (emulated SSH boards)
-    from tests.boards.adb_fixtures import *  # noqa: F403  (emulated Android device)
-    from tests.boards.serial_fixtures import *  # noqa: F403  (pty serial console)
-except ImportError:
-    pass
+from tests.boards.adb_fixtures import *  # noqa: F403  (emulated Android device)
+from tests.boards.fixtures import *  # noqa: F403  (emulated SSH boards)
+from tests.boards.serial_fixtures import *  # noqa: F403  (pty serial console)
 
 REPO = Path(__file__).resolve().parent.parent
 
