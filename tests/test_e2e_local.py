@@ -24,8 +24,13 @@ def one_json(proc: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(proc.stdout)
 
 
+# A generous budget: these tests prove the pipeline, not speed (a shared CI machine is noisy;
+# speed claims live in bench/). Budget misses are provoked with budgets no machine meets.
+PASSING_BUDGET = "10s"
+
+
 def ship(env: dict[str, str], deploy: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return edgedeploy(env, "ship", "--target", "local", "--budget", "120ms", "--model", "smollm2-135m-instruct",
+    return edgedeploy(env, "ship", "--target", "local", "--budget", PASSING_BUDGET, "--model", "smollm2-135m-instruct",
                       "--quant", "Q4_1", "--deploy-dir", str(deploy), "--json", *extra)
 
 
