@@ -110,3 +110,15 @@ def test_unwritable_deploy_dir(cli_env: dict[str, str], tmp_path: Path) -> None:
     proc = ship(cli_env, Path("/proc/edgedeploy-cannot-exist"))
     assert proc.returncode == 2
     assert "not writable" in proc.stderr and "hint:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_hostile_deploy_path_reaches_the_target_unchanged(cli_env: dict[str, str], tmp_path: Path) -> None:
+    """Paths with spaces, quotes, $() and backticks are data, never shell code."""
+    canary = tmp_path / "pwned"
+    deploy = tmp_path / f"it's a \"deploy\" dir $(touch {canary}) `touch {canary}`; touch {canary}"
+    proc = ship(cli_env, deploy)
+    assert proc.returncode == 0, proc.stderr
+    assert not canary.exists()
+    doc = one_json(proc)
+    assert Path(doc["release"]["path"]).parent.parent == deploy
+    assert (deploy / "current" / "runner.py").is_file()
