@@ -1,0 +1,55 @@
+"""The history tables as SQLAlchemy Core objects for queries; migrations/versions/ creates them.
+
+Keep the two in step: a new column is a new migration plus a Column here.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+VERSION_TABLE = "edgedeploy_alembic_version"  # not alembic_version: a shared PostgreSQL database may hold others
+
+metadata = sa.MetaData()
+
+lab_runs = sa.Table(
+    "lab_runs", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("lab", sa.String(200), nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ci_job", sa.String(100)),
+    sa.Column("edgedeploy_version", sa.String(40), nullable=False),
+    sa.Column("exit_code", sa.Integer, nullable=False),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("run_dir", sa.Text),
+)
+
+board_results = sa.Table(
+    "board_results", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.Integer, sa.ForeignKey("lab_runs.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("board", sa.String(200), nullable=False),
+    sa.Column("labels", sa.Text, nullable=False),
+    sa.Column("target", sa.Text),
+    sa.Column("measured_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("passed", sa.Boolean, nullable=False),
+    sa.Column("failure_class", sa.String(20)),
+    sa.Column("exit_code", sa.Integer, nullable=False),
+    sa.Column("retries", sa.Integer, nullable=False),
+    sa.Column("model", sa.String(200)),
+    sa.Column("quant", sa.String(40)),
+    sa.Column("gguf_sha256", sa.String(64)),
+    sa.Column("llama_cpp", sa.String(40)),
+    sa.Column("fingerprint", sa.Text),
+    sa.Column("decode_tokens_per_s", sa.Float),
+    sa.Column("predicted_decode_tokens_per_s", sa.Float),
+    sa.Column("decode_ms_p50", sa.Float),
+    sa.Column("ttft_ms", sa.Float),
+    sa.Column("peak_rss_bytes", sa.BigInteger),
+    sa.Column("temperature_before_c", sa.Float),
+    sa.Column("temperature_after_c", sa.Float),
+    sa.Column("budget_ms", sa.Float),
+    sa.Column("regression", sa.Boolean, nullable=False),
+    sa.Column("run_dir", sa.Text),
+)
