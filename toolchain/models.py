@@ -53,6 +53,12 @@ class BoardFacts:
     android_soc: str | None = None
     android_platform: str | None = None
     mac_model: str | None = None
+    dmi_vendor: str | None = None
+    android_hardware: str | None = None  # ro.hardware (e.g. "shiba", "qcom")
+    soc: str | None = None  # ro.soc.model, else the DT's SoC compatible, else cpuinfo Hardware
+    revision: str | None = None  # Raspberry Pi revision code from /proc/cpuinfo (e.g. "c03115")
+    nominal_ram_bytes: int | None = None  # RAM as sold (Pi revision code, ro.boot.hardware.ddr): MemTotal is less
+    jetson_l4t: str | None = None  # /etc/nv_tegra_release, e.g. "R36.4.0"
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,10 @@ class OsFacts:
     distribution: str | None = None
     arch: str | None = None  # kernel machine (uname -m): may be 32-bit on 64-bit hardware
     libc: str | None = None  # "glibc 2.36", "musl", "bionic"
+    distribution_id: str | None = None  # os-release ID (debian, ubuntu, ...), or android / macos
+    kernel_bits: int | None = None  # from uname -m
+    userland_bits: int | None = None  # getconf LONG_BIT: a 64-bit kernel can run a 32-bit userland
+    arch_note: str | None = None  # e.g. a 32-bit kernel on 64-bit hardware
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,9 @@ class CpuCluster:
     cores: int
     cpu_ids: list[int] = field(default_factory=list)
     max_mhz: float | None = None
+    part: str | None = None  # ARM "CPU part" (0xd08) or x86 model name
+    capacity: int | None = None  # /sys/devices/system/cpu/cpuN/cpu_capacity (EAS), 1024 = biggest
+    little: bool = False  # an efficiency cluster, left out of decode threads
 
 
 @dataclass(frozen=True)
@@ -80,6 +93,10 @@ class CpuFacts:
     model_name: str | None = None
     clusters: list[CpuCluster] = field(default_factory=list)
     recommended_threads: int = 1
+    isa: list[str] = field(default_factory=list)  # llama.cpp's names: neon, dotprod, i8mm, sve, avx2, avx512f, amx_int8...
+    hardware_64bit: bool | None = None  # the CPU can run 64-bit code (None: cannot tell)
+    decode_cpu_ids: list[int] = field(default_factory=list)  # the cores recommended_threads counts
+    threads_basis: str = ""
 
 
 @dataclass(frozen=True)
@@ -93,6 +110,11 @@ class MemoryFacts:
     swap_total_bytes: int = 0
     zram_bytes: int = 0
     cgroup_limit_bytes: int | None = None
+    swap_free_bytes: int = 0
+    cgroup_usage_bytes: int | None = None  # what the limiting cgroup already uses
+    cgroup_path: str | None = None  # the limited cgroup (self or ancestor) with least headroom, "v1:/path" or "v2:/path"
+    oom_score_adj: int | None = None  # of the deploy user's shell: Android's lmkd kills by it
+    lmk_minfree_bytes: int | None = None  # Android: free memory lmkd keeps before it kills at our oom_score_adj
 
 
 @dataclass(frozen=True)
@@ -101,6 +123,8 @@ class BandwidthFacts:
     read_1t_bytes_per_s: float | None = None
     threads: int | None = None
     method: str = "not measured"
+    buffer_bytes: int | None = None
+    cpu_ids: list[int] = field(default_factory=list)  # cores the readers were pinned to (empty: not pinned)
 
 
 @dataclass(frozen=True)
@@ -110,8 +134,13 @@ class StorageFacts:
     read_bytes_per_s: float | None = None
     fs_type: str | None = None
     device: str | None = None
-    kind: str | None = None  # sd | emmc | nvme | usb | ufs | ssd | hdd | unknown
+    kind: str | None = None  # sd | emmc | mmc | nvme | usb | ufs | virtio | ssd | hdd | ram | network; None: unknown
     read_method: str = "not measured"
+    mount: str | None = None
+    disk: str | None = None  # whole block device under the filesystem, e.g. mmcblk0
+    kind_basis: str = ""  # the sysfs evidence for kind
+    model: str | None = None
+    read_test_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +150,9 @@ class Accelerator:
     memory_bytes: int | None = None
     shared_memory: bool = False
     llama_cpp_backend: str = "not usable by llama.cpp"
+    driver: str | None = None
+    source: str = ""  # the evidence: command or path
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,6 +160,9 @@ class ThermalFacts:
     temperatures_c: dict[str, float] = field(default_factory=dict)
     throttled: str | None = None
     power_sensors: list[str] = field(default_factory=list)
+    throttled_flags: list[str] = field(default_factory=list)  # vcgencmd get_throttled bits, decoded
+    throttled_now: bool | None = None
+    power_w: dict[str, float] = field(default_factory=dict)  # rails read once (tegrastats), watts
 
 
 @dataclass(frozen=True)
@@ -137,6 +172,11 @@ class RuntimeFacts:
     llama_cpp: str | None = None
     llama_cpp_backends: list[str] = field(default_factory=list)
     pip: bool = False
+    python_bits: int | None = None
+    llama_cpp_checked: str = ""  # "imported" or "package metadata (not imported: --quick)"
+    llama_cpp_system_info: str | None = None
+    gpu_offload: bool | None = None
+    llama_cpp_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +193,8 @@ class HostFacts:
     runtime: RuntimeFacts = field(default_factory=RuntimeFacts)
     unknown: list[Unknown] = field(default_factory=list)
     probe_s: float = 0.0
+    quick: bool = False  # measurements (bandwidth, storage speed, vulkaninfo, llama_cpp import) skipped
+    round_trips: int = 1
 
 
 # --- plan -----------------------------------------------------------------------------------
@@ -177,6 +219,14 @@ class Prediction:
     overhead_bytes: int = 0
     bytes_per_token: int = 0
     streamed_bytes_per_token: int = 0
+    # peak_memory_bytes budgets the full context with a full 512-token batch (it decides fits);
+    # bench_rss_bytes is the VmHWM expected from the runner's bench (short prompts, shallow
+    # context): what a measurement of the bench is compared with.
+    bench_rss_bytes: int = 0
+    repack_bytes: int = 0  # CPU_REPACK copies of weights (anonymous memory beside the mmapped file)
+    kernel_family: str = ""  # ggml type of the bulk of the weights, e.g. Q4_K
+    efficiency: float = 0.0  # of bandwidth, for this kernel family on this device
+    per_token_overhead_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -193,6 +243,7 @@ class Candidate:
     ctx: int = 0
     kv_type: str = "f16"
     mode: str = "resident"
+    fixes: list[str] = field(default_factory=list)  # what would make it fit, in words
 
 
 @dataclass(frozen=True)
@@ -222,6 +273,9 @@ class Basis:
     per_token_overhead_s: float = 0.0
     compute_flops_per_s: float = 0.0
     storage_read_bytes_per_s: float | None = None
+    backend: str = "cpu"
+    device_class: str = ""
+    memory_offset_bytes: int = 0  # fitted from this device's measured peaks (0: none yet)
 
 
 @dataclass(frozen=True)

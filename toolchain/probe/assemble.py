@@ -1,127 +1,139 @@
-"""Raw fact outputs -> HostFacts (pure). Unknown values become null with a reason."""
+"""Raw fact outputs -> HostFacts (pure). Unknown values become null with a reason in
+HostFacts.unknown; nothing here guesses a value and presents it as measured."""
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
-from toolchain.models import (
-    BandwidthFacts,
-    BoardFacts,
-    CpuCluster,
-    CpuFacts,
-    HostFacts,
-    MemoryFacts,
-    OsFacts,
-    RuntimeFacts,
-    StorageFacts,
-    Unknown,
-)
-from toolchain.probe import parsers as p
-
-MiB = 1 << 20
-# Left for the OS and other processes: the larger of 256 MiB and 5% of RAM.
-RESERVE_MIN_BYTES = 256 * MiB
-RESERVE_FRACTION = 0.05
-# Android's low-memory killer takes a foreground app well before RAM is exhausted; in practice a
-# process rarely keeps more than about half of total RAM on phones.
-ANDROID_LMK_FRACTION = 0.5
+from toolchain.models import BandwidthFacts, CpuCluster, HostFacts, RuntimeFacts, StorageFacts, ThermalFacts, Unknown
+from toolchain.probe.accelerators import accelerators
+from toolchain.probe.cpu import cpu_facts
+from toolchain.probe.identity import arch_note, board_facts, os_facts
+from toolchain.probe.memory import memory_facts
+from toolchain.probe.parsers.accel import parse_pmic, parse_tegrastats
+from toolchain.probe.parsers.cpu import parse_cpufreq, parse_cpuinfo, parse_nproc
+from toolchain.probe.parsers.memory import parse_cgroup, parse_meminfo, parse_oom, parse_swaps
+from toolchain.probe.parsers.runtime import backends_from_system_info, parse_llama, parse_membw, parse_runtime, parse_storage_read
+from toolchain.probe.parsers.storage import parse_storage
+from toolchain.probe.parsers.system import parse_darwin, parse_getprop, parse_os_release, parse_uname
+from toolchain.probe.parsers.thermal import parse_power, parse_thermal, parse_throttled
 
 
-def assemble_facts(raw: dict[str, str], *, target: str, deploy_dir: str, elapsed_s: float = 0.0) -> HostFacts:
+def assemble_facts(raw: dict[str, str], *, target: str, deploy_dir: str, elapsed_s: float = 0.0, quick: bool = False,
+                   round_trips: int = 1) -> HostFacts:
     unknown: list[Unknown] = []
-    uname = p.parse_uname(raw.get("uname", ""))
-    props = p.parse_getprop(raw.get("getprop", ""))
-    osr = p.parse_os_release(raw.get("os_release", ""))
-    os_kind = "android" if props.get("ro.build.version.release") else (uname["system"] or "unknown").lower()
-    cpu = _cpu(raw, uname.get("machine"), unknown)
-    memory = _memory(raw, os_kind, unknown)
-    runtime_raw = p.parse_json_line(raw.get("runtime", "")) or {}
-    if not runtime_raw:
-        unknown.append(Unknown("runtime.python", "python3 did not run on the target"))
-    bw_raw = p.parse_json_line(raw.get("membw", "")) if "membw" in raw else None
-    if bw_raw is None:
-        unknown.append(Unknown("bandwidth", "not measured (--quick, or python3 missing on the target)"))
-    df = p.parse_df(raw.get("df", ""))
-    if df is None:
-        unknown.append(Unknown("storage.free_bytes", "df gave no usable output"))
-    board = BoardFacts(
-        model=(raw.get("dt_model") or "").strip() or props.get("ro.product.model") or None,
-        android_model=props.get("ro.product.model"),
-        android_soc=props.get("ro.soc.model"),
-        android_platform=props.get("ro.board.platform"),
+    uname = parse_uname(raw.get("uname", ""))
+    props = parse_getprop(raw.get("getprop", ""))
+    darwin = parse_darwin(raw.get("darwin", ""))
+    cpuinfo = parse_cpuinfo(raw.get("cpuinfo", ""))
+    runtime = _runtime(raw, quick, unknown)
+    board = board_facts(raw, props, darwin, cpuinfo, unknown)
+    os = os_facts(raw, uname, parse_os_release(raw.get("os_release", "")), props, darwin, unknown)
+    cpu = cpu_facts(cpuinfo, parse_cpufreq(raw.get("cpufreq", "")), parse_nproc(raw.get("nproc", "")), uname["machine"], darwin, unknown)
+    os = replace(os, arch_note=arch_note(os, cpu.hardware_64bit, _cpu_name(cpu.clusters, cpu.model_name), runtime.python_bits))
+    userland = 32 if os.kernel_bits == 32 else runtime.python_bits or os.userland_bits
+    memory = memory_facts(
+        parse_meminfo(raw.get("meminfo", "")), parse_cgroup(raw.get("cgroup", "")), parse_swaps(raw.get("swap", "")),
+        parse_oom(raw.get("oom", "")), props, os_kind=os.kind, userland_bits=userland, darwin=darwin, unknown=unknown,
     )
-    distribution = osr.get("PRETTY_NAME") or (f"Android {props['ro.build.version.release']}" if os_kind == "android" else None)
     return HostFacts(
-        target=target,
-        board=board,
-        os=OsFacts(kind=os_kind, kernel=uname["kernel"], distribution=distribution, arch=uname["machine"],
-                   libc="bionic" if os_kind == "android" else None),
-        cpu=cpu,
-        memory=memory,
-        storage=StorageFacts(path=deploy_dir, free_bytes=df["free_bytes"] if df else None,
-                             device=df["device"] if df else None),
-        bandwidth=_bandwidth(bw_raw),
-        runtime=RuntimeFacts(
-            python=runtime_raw.get("python"), python_path=runtime_raw.get("python_path"),
-            llama_cpp=runtime_raw.get("llama_cpp"), llama_cpp_backends=list(runtime_raw.get("backends") or []),
-            pip=bool(runtime_raw.get("pip")),
-        ),
-        unknown=unknown,
-        probe_s=round(elapsed_s, 3),
+        target=target, board=board, os=os, cpu=cpu, memory=memory,
+        storage=_storage(raw, deploy_dir, quick, unknown),
+        bandwidth=_bandwidth(raw, quick, unknown),
+        accelerators=accelerators(raw, props, board.compatible, darwin, quick=quick, unknown=unknown),
+        thermal=_thermal(raw, unknown),
+        runtime=runtime, unknown=unknown, probe_s=round(elapsed_s, 3), quick=quick, round_trips=round_trips,
     )
 
 
-def _cpu(raw: dict[str, str], machine: str | None, unknown: list[Unknown]) -> CpuFacts:
-    info = p.parse_cpuinfo(raw.get("cpuinfo", ""))
-    nproc_text = raw.get("nproc", "").strip()
-    cores = int(nproc_text) if nproc_text.isdigit() else info["count"]
-    if not cores:
-        unknown.append(Unknown("cpu.cores", "neither nproc nor /proc/cpuinfo gave a count"))
-        cores = 1
-    clusters = [CpuCluster(**c) for c in p.clusters_from(info["parts"], p.parse_max_freq(raw.get("cpu_max_freq", "")))]
-    return CpuFacts(
-        arch=machine, cores=cores, features=p.llama_features(info["features"]), model_name=info["model_name"],
-        clusters=clusters, recommended_threads=recommended_threads(clusters, cores),
-    )
+def _cpu_name(clusters: list[CpuCluster], model: str | None) -> str | None:
+    """ARM cores by name ("Cortex-A72"): a 32-bit kernel's model name says only "ARMv7 Processor"."""
+    names = [c.name for c in clusters if c.part and c.part.startswith("0x")]
+    return " + ".join(dict.fromkeys(names)) if names else model
 
 
-def recommended_threads(clusters: list[CpuCluster], cores: int) -> int:
-    """Decode threads = the big cores. Little cores drag llama.cpp's barrier-synchronised decode."""
-    freqs = [c.max_mhz for c in clusters if c.max_mhz]
-    if len(clusters) > 1 and freqs:
-        top = max(freqs)
-        return sum(c.cores for c in clusters if (c.max_mhz or 0) >= 0.9 * top) or cores
-    return cores
-
-
-def _memory(raw: dict[str, str], os_kind: str, unknown: list[Unknown]) -> MemoryFacts:
-    info = p.parse_meminfo(raw.get("meminfo", ""))
-    total = info.get("MemTotal", 0)
-    available, source = p.available_memory(info)
-    if available is None:
-        unknown.append(Unknown("memory.available_bytes", source))
-        available = 0
-    cgroup = p.parse_cgroup_limit(raw.get("cgroup_memory", ""))
-    reserve = max(RESERVE_MIN_BYTES, int(total * RESERVE_FRACTION))
-    reason = f"max(256 MiB, 5% of {total // MiB} MiB RAM) left for the OS"
-    ceiling = available
-    if cgroup is not None and cgroup < ceiling:
-        ceiling, reason = cgroup, reason + f"; cgroup limit {cgroup // MiB} MiB applies"
-    if os_kind == "android":
-        lmk = int(total * ANDROID_LMK_FRACTION)
-        if lmk < ceiling:
-            ceiling, reason = lmk, reason + "; Android low-memory killer: about half of RAM per app"
-    return MemoryFacts(
-        total_bytes=total, available_bytes=available, usable_bytes=max(0, ceiling - reserve), reserve_bytes=reserve,
-        reserve_reason=reason, available_source=source, swap_total_bytes=info.get("SwapTotal", 0),
-        cgroup_limit_bytes=cgroup,
-    )
-
-
-def _bandwidth(data: dict[str, Any] | None) -> BandwidthFacts:
+def _runtime(raw: dict[str, str], quick: bool, unknown: list[Unknown]) -> RuntimeFacts:
+    data = parse_runtime(raw.get("runtime", "")) or {}
     if not data:
+        unknown.append(Unknown("runtime.python", "python3 did not run on the target"))
+        return RuntimeFacts()
+    llama = parse_llama(raw.get("llama", "")) if "llama" in raw else None
+    libs = [str(n) for n in data.get("llama_cpp_libs") or []]
+    backends = sorted({n.split("ggml-", 1)[1].split(".")[0] for n in libs if "ggml-" in n and "ggml-base" not in n})
+    version = data.get("llama_cpp")
+    checked = "package metadata (not imported: --quick)" if version else ""
+    info, offload, error = None, None, None
+    if llama is not None and version:
+        checked = "imported"
+        version = llama.get("version") or version
+        info, error = llama.get("system_info"), llama.get("error")
+        offload = llama.get("gpu_offload") if isinstance(llama.get("gpu_offload"), bool) else None
+        if isinstance(info, str):
+            backends = backends_from_system_info(info) or backends
+        if error:
+            unknown.append(Unknown("runtime.llama_cpp_backends", f"llama_cpp is installed but does not import: {error}"))
+    elif version and not quick:
+        unknown.append(Unknown("runtime.llama_cpp_backends", "llama_cpp import check printed nothing"))
+    return RuntimeFacts(
+        python=data.get("python"), python_path=data.get("python_path"), llama_cpp=version, llama_cpp_backends=backends,
+        pip=bool(data.get("pip")), python_bits=data.get("bits") if data.get("bits") in (32, 64) else None,
+        llama_cpp_checked=checked, llama_cpp_system_info=info if isinstance(info, str) else None, gpu_offload=offload,
+        llama_cpp_error=error if isinstance(error, str) else None,
+    )
+
+
+def _storage(raw: dict[str, str], deploy_dir: str, quick: bool, unknown: list[Unknown]) -> StorageFacts:
+    s = parse_storage(raw.get("storage", ""))
+    if s["free_bytes"] is None:
+        unknown.append(Unknown("storage.free_bytes", "df gave no usable output"))
+    if s["kind"] is None:
+        unknown.append(Unknown("storage.kind", s["kind_basis"]))
+    read = parse_storage_read(raw.get("storage_read", "")) if "storage_read" in raw else None
+    speed = read.get("read_bytes_per_s") if read else None
+    if "storage_read" not in raw:
+        unknown.append(Unknown("storage.read_bytes_per_s", "not measured (--quick)" if quick else "the read test did not run"))
+    elif not isinstance(speed, (int, float)):
+        why = (read or {}).get("error") or "the read test printed nothing (no python3, and no large file for dd)"
+        unknown.append(Unknown("storage.read_bytes_per_s", str(why)))
+    return StorageFacts(
+        path=deploy_dir, free_bytes=s["free_bytes"], read_bytes_per_s=float(speed) if isinstance(speed, (int, float)) else None,
+        fs_type=s["fs_type"], device=s["device"], kind=s["kind"], read_method=str(read.get("method") or "not measured") if read else "not measured",
+        mount=s["mount"], disk=s["disk"], kind_basis=s["kind_basis"],
+        model=s["attrs"].get("device/model") or s["attrs"].get("device/name"),
+        read_test_bytes=int(read["bytes"]) if read and isinstance(read.get("bytes"), int) and speed else None,
+    )
+
+
+def _bandwidth(raw: dict[str, str], quick: bool, unknown: list[Unknown]) -> BandwidthFacts:
+    data = parse_membw(raw.get("membw", "")) if "membw" in raw else None
+    if data is None:
+        why = "not measured (--quick)" if quick else "the read test did not run (python3 missing on the target?)"
+        unknown.append(Unknown("bandwidth", why))
         return BandwidthFacts()
     return BandwidthFacts(
         read_bytes_per_s=float(data["read_bytes_per_s"]), read_1t_bytes_per_s=float(data["read_1t_bytes_per_s"]),
         threads=int(data["threads"]), method=str(data.get("method", "")),
+        buffer_bytes=int(data["buffer_bytes"]) if isinstance(data.get("buffer_bytes"), int) else None,
+        cpu_ids=[int(c) for c in data.get("cpu_ids") or [] if isinstance(c, int)],
     )
+
+
+def _thermal(raw: dict[str, str], unknown: list[Unknown]) -> ThermalFacts:
+    temps = parse_thermal(raw.get("thermal", ""))
+    stats = parse_tegrastats(raw.get("tegrastats", ""))
+    if not temps:
+        temps = stats["temperatures_c"]
+    if not temps:
+        unknown.append(Unknown("thermal.temperatures_c", "no readable thermal zone"))
+    throttled = parse_throttled(raw.get("throttled", ""))
+    sensors = parse_power(raw.get("power", ""))
+    pmic = parse_pmic(raw.get("pmic", ""))
+    if pmic:
+        sensors.append(f"vcgencmd pmic_read_adc ({len(pmic)} readings)")
+    sensors += [f"tegrastats {rail}" for rail in stats["rails_mw"]]
+    power = {rail: mw / 1000.0 for rail, mw in stats["rails_mw"].items()}
+    for name, amps in pmic.items():  # the Pi 5 PMIC reports each rail's current and voltage apart
+        if name.endswith("_A") and f"{name[:-2]}_V" in pmic:
+            power[name[:-2]] = round(amps * pmic[f"{name[:-2]}_V"], 3)
+    return ThermalFacts(temperatures_c=temps, throttled=throttled["raw"], power_sensors=sensors,
+                        throttled_flags=throttled["flags"], throttled_now=throttled["now"], power_w=power)

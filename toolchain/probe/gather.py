@@ -7,6 +7,7 @@ all quick facts travel in a single script, so a probe over a slow link costs one
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 MARK = "@@EDGEDEPLOY-FACT@@"
@@ -15,20 +16,21 @@ MARK = "@@EDGEDEPLOY-FACT@@"
 @dataclass(frozen=True)
 class FactCommand:
     name: str
-    command: str  # POSIX sh; may use $DEPLOY_DIR and $PY (the target's python)
-    quick: bool = True  # False: a measurement, skipped by --quick
+    command: str  # POSIX sh; may use $DEPLOY_DIR, $PY (the target's python) and the stage's env
+    quick: bool = True  # False: stage 2 (measurements, slow tools), skipped by --quick
+    record: bool = True  # False: gathered for the host's use only, never written by --record
 
 
-def build_script(facts: list[FactCommand], *, deploy_dir: str, python: str, quick: bool) -> str:
+def build_script(facts: list[FactCommand], *, deploy_dir: str, python: str, env: Mapping[str, str] | None = None) -> str:
     lines = [
         f"DEPLOY_DIR={shlex.quote(deploy_dir)}",
         f"PY={shlex.quote(python)}",
-        "export LC_ALL=C",
+        "export DEPLOY_DIR LC_ALL=C",
+        *(f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items()),
         "command -v \"$PY\" >/dev/null 2>&1 || PY=python3",
     ]
     for fact in facts:
-        if quick and not fact.quick:
-            continue
+        # A subshell per fact: a cd or an exit in one command cannot leak into the next.
         lines.append(f"printf '\\n%s %s\\n' {shlex.quote(MARK)} {shlex.quote(fact.name)}")
         lines.append(f"( {fact.command}\n) 2>&1")
     lines.append("exit 0")
