@@ -136,7 +136,8 @@ def entry_from_gguf(path: Path) -> ModelEntry:
         n_head_kv=_int_or_list(a["n_head_kv"]), head_dim=int(a["head_dim"]), n_ff=_int_or_list(a["n_ff"]),
         n_vocab=int(a["n_vocab"]), tied_embeddings=info.tied_embeddings,
         context_length=int(a["context_length"] or 2048), sliding_window=a.get("sliding_window"),
-        swa_pattern=_swa_pattern(a.get("swa_pattern")), n_expert=int(a["n_expert"]), n_expert_used=int(a["n_expert_used"]),
+        swa_pattern=_swa_pattern(a.get("swa_pattern")) or (SWA_PATTERN_DEFAULTS.get(info.architecture) if a.get("sliding_window") else None),
+        n_expert=int(a["n_expert"]), n_expert_used=int(a["n_expert_used"]),
         ternary=info.file_type in TERNARY_QUANTS,
     )
     return ModelEntry(
@@ -151,9 +152,18 @@ def _int_or_list(value: Any) -> int | list[int]:
     return [int(v) for v in value] if isinstance(value, list) else int(value)
 
 
+# llama.cpp's period when the GGUF has no sliding_window_pattern (src/models/<arch>.cpp
+# load_swa_pattern calls, llama-cpp-python 0.3.36): every P-th layer is global, the rest slide.
+SWA_PATTERN_DEFAULTS = {"gemma3": 6, "gemma2": 2, "gemma3n": 5, "cohere2": 4, "exaone4": 4, "olmo2": 4, "llama4": 4,
+                        "gpt-oss": 2, "plamo3": 8}
+
+
 def _swa_pattern(value: Any) -> int | None:
-    # Newer GGUFs store the pattern as a per-layer bool array; older ones as an int period.
+    # Newer GGUFs store the pattern as a per-layer bool array (true = sliding); older ones as an
+    # int period. A periodic array "P-1 sliding, then 1 global" is period P.
     if isinstance(value, list):
+        if False in value and all(bool(v) == ((i % (value.index(False) + 1)) < value.index(False)) for i, v in enumerate(value)):
+            return value.index(False) + 1
         return None
     return int(value) if value else None
 

@@ -26,6 +26,8 @@ app = typer.Typer(
 )
 models_app = typer.Typer(help="The model catalog: list, inspect, fetch, requantize.", invoke_without_command=True)
 app.add_typer(models_app, name="models")
+lab_app = typer.Typer(help="Lab CI: run a fleet of boards in parallel, report, keep a history.", no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
 
 STATE: dict[str, bool] = {"debug": False}
 DEFAULT_BUDGET = "120ms"  # average human reading speed: 8.33 tokens/s
@@ -234,9 +236,15 @@ def ship(
     efficiency: Annotated[float | None, typer.Option("--efficiency", help="Override the fraction of bandwidth decode reaches.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="Decode threads (default: the big cores).")] = None,
     plan_file: Annotated[Path | None, typer.Option("--plan", help="Ship a saved `plan --json` document instead of planning.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="bench: measure, activate if it passes; serve: then leave a server running.")] = "bench",
+    sustained: Annotated[str | None, typer.Option("--sustained", help="Bench this long (e.g. 120s) to report the speed once the board has heated.")] = None,
+    serve_host: Annotated[str, typer.Option("--serve-host", help="Server address (0.0.0.0: all interfaces; no authentication).")] = "127.0.0.1",
+    serve_port: Annotated[int, typer.Option("--serve-port", help="Port the server listens on.")] = 8080,
     as_json: JsonOpt = False,
 ) -> None:
-    """Probe, plan, package, ship, run and validate; activate the release only if it passes."""
+    """Probe, plan, package, ship, run and validate; activate the release only if it passes.
+
+    A target without llama-cpp-python gets it from the host's wheelhouse (--offline: only from there)."""
     from toolchain.pipeline import ship as do_ship
     from toolchain.targets import resolve_target
 
@@ -245,7 +253,8 @@ def ship(
         if plan_file is not None:
             req = replace(req, plan_file=plan_file)
         return do_ship(resolve_target(target), req, deploy_dir=deploy_dir, force=force,
-                       accept_new_host_key=accept_new_host_key, strict_prediction=strict_prediction)
+                       accept_new_host_key=accept_new_host_key, strict_prediction=strict_prediction,
+                       deploy=_deploy_options(mode, sustained, serve_host, serve_port, offline))
 
     result = guarded(as_json, run)
     from toolchain.plan_render import render_ship
@@ -257,6 +266,18 @@ def ship(
         ui.err.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False)
         ui.err.print(f"[bold]hint:[/] {result.report.get('hint') or 'see ' + str(result.run_dir / 'report.md')}", markup=True, highlight=False)
     raise typer.Exit(result.exit_code)
+
+
+def _deploy_options(mode: str, sustained: str | None, serve_host: str, serve_port: int, offline: bool | None) -> Any:
+    from toolchain.pipeline import DeployOptions
+    from toolchain.serve import ServeOptions
+    from toolchain.units import parse_duration_ms
+
+    if mode not in ("bench", "serve"):
+        raise BadInputError(f"--mode {mode!r}", "use --mode bench or --mode serve")
+    sustained_s = parse_duration_ms(sustained, "--sustained") / 1000.0 if sustained else 0.0
+    return DeployOptions(mode=mode, sustained_s=sustained_s, serve=ServeOptions(host=serve_host, port=serve_port).checked(),
+                         offline_wheels=offline is True)
 
 
 @app.command("validate")
@@ -296,10 +317,18 @@ def validate_cmd(
 @app.command()
 def report(
     run_dir: Annotated[Path | None, typer.Argument(help="A run directory (default: the latest run).")] = None,
+    history: Annotated[bool, typer.Option("--history", help="Show the lab history instead: per-board trends.")] = False,
+    board: Annotated[str | None, typer.Option("--board", help="With --history: every run of this board.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="With --history: only runs from this date on (YYYY-MM-DD).")] = None,
+    history_url: Annotated[str | None, typer.Option("--history-url", help="History database (default: SQLite in the data directory).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Show a run's report (report.md, or report.json with --json)."""
+    """Show a run's report (report.md, or report.json with --json), or the lab history (--history)."""
     from toolchain.paths import runs_dir
+
+    if history or board or since or history_url:
+        _history_report(history, board, since, history_url, as_json)
+        return
 
     def run() -> Path:
         if run_dir is not None:
@@ -369,6 +398,41 @@ def rollback(target: TargetArg, deploy_dir: Annotated[str | None, typer.Option("
 
     doc = guarded(as_json, run)
     emit(as_json, doc, lambda: typer.echo(f"{doc['target']}: current is now {doc['current']} (was {doc['previous']})"))
+
+
+@app.command()
+def status(target: TargetArg, deploy_dir: Annotated[str | None, typer.Option("--deploy-dir", help="Deploy root on the target.")] = None,
+           as_json: JsonOpt = False) -> None:
+    """Show what is deployed on TARGET (current release, model, earlier releases) and what is serving."""
+    from toolchain.pipeline import deploy_root, target_python
+    from toolchain.status import deployment_status
+    from toolchain.targets import resolve_target
+    from toolchain.transports.factory import connect
+
+    def run() -> dict[str, Any]:
+        spec = resolve_target(target)
+        with connect(spec) as t:
+            return {"target": spec.name, **deployment_status(t, deploy_root(spec, t, deploy_dir), target_python(spec))}
+
+    doc = guarded(as_json, run)
+
+    def human() -> None:
+        typer.echo(f"{doc['target']}: {doc['deploy_root']}")
+        if not doc["current"]:
+            typer.echo("  nothing deployed")
+        else:
+            typer.echo(f"  current   {doc['current']}  ({doc['model']} {doc['quant']})")
+        for rid in doc["previous"]:
+            typer.echo(f"  previous  {rid}")
+        sv = doc["serve"]
+        if sv is None:
+            typer.echo("  serving   no")
+        else:
+            state = "answering" if sv["answering"] else f"NOT answering ({sv['error']})"
+            stale = "" if sv["release"] == doc["current"] else f", current is {doc['current']}"
+            typer.echo(f"  serving   {sv['host']}:{sv['port']} pid {sv['pid'] or '-'} via {sv['manager']}, {state} (release {sv['release']}{stale})")
+
+    emit(as_json, doc, human)
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -460,6 +524,67 @@ def models_requantize(
             typer.echo(f"{r['quant']:<8} {r['file_bytes']:>12} {r['path']}")
 
     emit(as_json, rows, human)
+
+
+# --- lab -----------------------------------------------------------------------------------
+
+
+@lab_app.command("run")
+def lab_run(
+    lab_file: Annotated[Path, typer.Argument(help="The lab file (YAML; see targets/lab.example.yaml).")],
+    label: Annotated[list[str] | None, typer.Option("--label", help="Only boards with this label (repeatable: all must match).")] = None,
+    parallel: Annotated[int | None, typer.Option("--parallel", help="Boards worked on at once (default: all, up to 16).")] = None,
+    history: Annotated[str | None, typer.Option("--history", help="History database: sqlite:///PATH or postgresql://... (default: SQLite, data dir).")] = None,
+    probe_only: Annotated[bool, typer.Option("--probe-only", help="Only lock and probe each board: a fleet health check.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Probe without measurements (bandwidth, storage speed).")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Put the run directories here (default: the data directory's runs/).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Probe, plan, ship and validate on every board of LAB_FILE at once; write JUnit, JSON, HTML and Markdown reports."""
+    import os
+
+    from toolchain.lab.inventory import load_lab
+    from toolchain.lab.job import run_lab
+
+    def run() -> Any:
+        if parallel is not None and parallel < 1:
+            raise BadInputError(f"--parallel {parallel}", "use 1 or more")
+        if out is not None:
+            os.environ["EDGEDEPLOY_RUNS"] = str(out.resolve())  # this process is one lab run: board run dirs go there too
+        lab = load_lab(lab_file)
+        return run_lab(lab.quick_probe() if quick else lab, labels=label, parallel=parallel, history_url=history,
+                       probe_only=probe_only, console=ui.err)
+
+    result = guarded(as_json, run)
+
+    def human() -> None:
+        d = result.doc
+        ui.err.print(f"lab {d['lab']['name']}: {'PASSED' if d['passed'] else 'FAILED'}: {d['counts']['passed']}/{d['counts']['boards']} passed, "
+                     f"{d['counts']['infrastructure']} infrastructure, {d['counts']['configuration']} configuration, "
+                     f"{d['counts']['result']} result failure(s)", markup=False)
+        ui.err.print(f"reports: {result.run_dir / 'report.html'} (and report.json, junit.xml, summary.md)", markup=False)
+
+    emit(as_json, result.doc, human)
+    raise typer.Exit(result.exit_code)
+
+
+def _history_report(history: bool, board: str | None, since: str | None, url: str | None, as_json: bool) -> None:
+    from toolchain.lab.history import History
+    from toolchain.lab.trends import board_trends, parse_since, runs_markdown, trends_markdown
+
+    def run() -> tuple[Any, str]:
+        if not history:
+            raise BadInputError("--board, --since and --history-url go with --history", "e.g. edgedeploy report --history --board pi5-a")
+        with History(url) as h:
+            records = h.results(board=board, since=parse_since(since) if since else None)
+            where = h.display + (f", since {since}" if since else "")
+        if board is not None:
+            return [to_json_dict(r) for r in records], runs_markdown(records, board, where)
+        rows = board_trends(records)
+        return rows, trends_markdown(rows, where)
+
+    doc, text = guarded(as_json, run)
+    emit(as_json, doc, lambda: typer.echo(text, nl=False))
 
 
 def run() -> None:

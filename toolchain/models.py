@@ -227,6 +227,7 @@ class Prediction:
     kernel_family: str = ""  # ggml type of the bulk of the weights, e.g. Q4_K
     efficiency: float = 0.0  # of bandwidth, for this kernel family on this device
     per_token_overhead_s: float = 0.0
+    bytes_by_type: dict[str, int] = field(default_factory=dict)  # bytes_per_token split by ggml type
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,14 @@ before the rename that makes them usable.
 
 from __future__ import annotations
 
+import json
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from toolchain.errors import BadInputError, TargetError
+from toolchain.errors import BadInputError, EdgeDeployError, TargetError
 from toolchain.models import Bundle, Release, TargetSpec
 from toolchain.transports.base import ProgressFn, Transport
 from toolchain.units import fmt_bytes
@@ -96,12 +98,19 @@ class Shipper:
         """Ensure models/<sha>.gguf exists and is verified; returns (path, bytes sent, was present)."""
         final = self.model_path(sha256)
         size = local.stat().st_size
+        limit = self.transport.capabilities.max_file_bytes
+        if self.remote_size(final) != size and limit is not None and size > limit:
+            raise TargetError(
+                f"{self.transport.display}: the model is {fmt_bytes(size)}; this link carries files up to {fmt_bytes(limit)} "
+                "(a serial console is for small files)",
+                f"ship over ssh or adb, or copy {local.name} to {final} on the target by other means and ship again",
+            )
         if self.remote_size(final) == size:
             self.log(f"model {sha256[:12]}… already in the store on the target: {fmt_bytes(size)} not sent")
             return final, 0, True
         partial = final + ".partial"
         offset = max(0, self.remote_size(partial))
-        if offset > size:
+        if offset > size or not self.transport.capabilities.resumable_put:
             offset = 0
         free = self.free_bytes()
         needed = size - offset + FREE_MARGIN_BYTES
@@ -113,7 +122,10 @@ class Shipper:
             )
         if offset:
             self.log(f"resuming upload at {fmt_bytes(offset)} of {fmt_bytes(size)}")
-        self.transport.put(local, partial, offset=offset, progress=progress)
+        try:
+            self.transport.put(local, partial, offset=offset, progress=progress)
+        except (EdgeDeployError, OSError) as exc:  # OSError: a local-disk target (ENOSPC and the like)
+            raise self._upload_error(exc, partial, size) from exc
         got = self.remote_sha256(partial)
         if got != sha256:
             self.sh('rm -f "$1"', partial)
@@ -123,6 +135,22 @@ class Shipper:
             )
         self.sh('mv -f "$1" "$2"', partial, final)
         return final, size - offset, False
+
+    def _upload_error(self, exc: EdgeDeployError | OSError, partial: str, size: int) -> EdgeDeployError:
+        """Say why an upload stopped; the .partial stays, so the next ship resumes it."""
+        done = max(0, self.remote_size(partial))
+        free = self.free_bytes()
+        what = exc.message if isinstance(exc, EdgeDeployError) else f"{self.transport.display}: upload failed: {exc}"
+        if (free is not None and free < FREE_MARGIN_BYTES // 16) or "No space left" in what:
+            return TargetError(
+                f"{self.transport.display}: the disk filled up during the upload ({fmt_bytes(done)} of {fmt_bytes(size)} written, "
+                f"{fmt_bytes(free or 0)} free in {self.root}); the previous release stays current",
+                "free space on the target, then ship again: the upload resumes from the partial file",
+            )
+        return TargetError(
+            f"{what} (upload stopped at {fmt_bytes(done)} of {fmt_bytes(size)}; the previous release stays current)",
+            "ship again: the upload resumes from where it stopped",
+        )
 
     # --- releases ---
 
@@ -147,6 +175,20 @@ class Shipper:
     def activate(self, release_id: str) -> None:
         self.sh(_ATOMIC_LINK, self.root, f"releases/{release_id}", self.python)
 
+    def manifest(self, release_id: str) -> dict[str, Any]:
+        """A release's manifest.json ({} when unreadable)."""
+        text = self.sh('cat "$1/releases/$2/manifest.json" 2>/dev/null || true', self.root, release_id)
+        try:
+            doc = json.loads(text) if text.strip() else {}
+        except ValueError:
+            return {}
+        return doc if isinstance(doc, dict) else {}
+
+    def history(self) -> list[str]:
+        """Release ids in activation order, oldest first (activations.log)."""
+        out = self.sh('cat "$1/activations.log" 2>/dev/null || true', self.root)
+        return [line.strip() for line in out.splitlines() if line.strip()]
+
     def releases(self) -> list[str]:
         out = self.sh('ls -1 "$1/releases" 2>/dev/null || true', self.root)
         return sorted(r for r in out.split() if not r.endswith(".partial"))
@@ -154,7 +196,7 @@ class Shipper:
     def rollback(self) -> str:
         """Make the previously active release current again."""
         current = self.current()
-        history = [line.strip() for line in self.sh('cat "$1/activations.log" 2>/dev/null || true', self.root).splitlines() if line.strip()]
+        history = self.history()
         existing = set(self.releases())
         for rid in reversed(history):
             if rid != current and rid in existing:
