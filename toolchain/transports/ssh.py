@@ -252,7 +252,7 @@ class SshTransport(Transport):
                 # The channel's fileno is readable on stdout/stderr data and on close.
                 select.select([chan], [], [], min(left, 0.05))
         finally:
-            chan.close()
+            ssh_copy.close_quietly(chan)
             if writer is not None:
                 writer.join(1)
         status = int(chan.exit_status)

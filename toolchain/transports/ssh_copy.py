@@ -206,6 +206,14 @@ def _watch(proc: subprocess.Popen[bytes], position: Callable[[], int], total: in
 # --- fallback: paramiko channel ---------------------------------------------------------------
 
 
+def close_quietly(chan: paramiko.Channel) -> None:
+    """Closing a channel on a dead link sends a message and raises; the link's loss is already reported."""
+    try:
+        chan.close()
+    except (OSError, EOFError, paramiko.SSHException):
+        pass
+
+
 def channel_upload(
     transport: paramiko.Transport, local: Path, remote: str, offset: int, total: int,
     progress: ProgressFn | None, who: str,
@@ -227,7 +235,7 @@ def channel_upload(
         raise _copy_error(what, -1, _stderr(chan) or str(exc) or type(exc).__name__, done, total,
                           connection_lost=True) from exc
     finally:
-        chan.close()
+        close_quietly(chan)
     if status != 0:
         raise _copy_error(what, status, _stderr(chan), done, total, connection_lost=status < 0)
     if progress and total == offset:
@@ -253,7 +261,7 @@ def channel_download(
         raise _copy_error(what, -1, _stderr(chan) or str(exc) or type(exc).__name__, done, total,
                           connection_lost=True) from exc
     finally:
-        chan.close()
+        close_quietly(chan)
     if status != 0:
         raise _copy_error(what, status, _stderr(chan), done, total, connection_lost=status < 0)
     if progress and total == 0:
