@@ -134,7 +134,8 @@ def _plan_request(budget: str | None, ttft: str | None, ctx: int | None, model: 
                        paths=tuple(paths), allow_low_bit=allow_low_bit, offline=offline, overrides=ov, board=board)
 
 
-BudgetOpt = Annotated[str | None, typer.Option("--budget", help="Per-token decode latency: 120ms, 0.12s or 8.33tok/s (or a profile name from profiles/budgets.yaml).")]
+BudgetOpt = Annotated[str | None, typer.Option(
+    "--budget", help="Per-token decode latency: 120ms, 0.12s or 8.33tok/s (or a profile name from profiles/budgets.yaml).")]
 TtftOpt = Annotated[str | None, typer.Option("--ttft", help="Time-to-first-token budget, e.g. 2s.")]
 CtxOpt = Annotated[int | None, typer.Option("--ctx", help="Context length (default 4096, or the model's maximum if smaller).")]
 ModelOpt = Annotated[list[str] | None, typer.Option("--model", help="Restrict to a catalog id or a local .gguf path (repeatable).")]
@@ -156,14 +157,14 @@ def probe(
     as_json: JsonOpt = False,
 ) -> None:
     """Measure what decides which model can run on TARGET."""
-    from toolchain.pipeline import deploy_root, probe_target
+    from toolchain.reach import deploy_root, probe_target
     from toolchain.targets import resolve_target
     from toolchain.transports.factory import connect
 
     def run() -> Any:
         spec = resolve_target(target)
         with connect(spec, accept_new_host_key=accept_new_host_key) as t:
-            return probe_target(spec, t, deploy_root(spec, t, deploy_dir), quick=quick, record=record)
+            return probe_target(spec, t, deploy_root(spec, None, deploy_dir), quick=quick, record=record)
 
     facts = guarded(as_json, run)
     from toolchain.probe.render import render_facts
@@ -188,7 +189,8 @@ def plan(
     as_json: JsonOpt = False,
 ) -> None:
     """Pick the largest model and quant that fits memory and the latency budget."""
-    from toolchain.pipeline import deploy_root, plan_for, probe_target
+    from toolchain.pipeline import plan_for
+    from toolchain.reach import deploy_root, probe_target
     from toolchain.targets import resolve_target
 
     def run() -> Any:
@@ -383,7 +385,7 @@ def targets(
 @app.command()
 def rollback(target: TargetArg, deploy_dir: Annotated[str | None, typer.Option("--deploy-dir")] = None, as_json: JsonOpt = False) -> None:
     """Make the previous release current again on TARGET."""
-    from toolchain.pipeline import deploy_root, target_python
+    from toolchain.reach import deploy_root, target_python
     from toolchain.shipper import Shipper
     from toolchain.targets import resolve_target
     from toolchain.transports.factory import connect
@@ -404,7 +406,7 @@ def rollback(target: TargetArg, deploy_dir: Annotated[str | None, typer.Option("
 def status(target: TargetArg, deploy_dir: Annotated[str | None, typer.Option("--deploy-dir", help="Deploy root on the target.")] = None,
            as_json: JsonOpt = False) -> None:
     """Show what is deployed on TARGET (current release, model, earlier releases) and what is serving."""
-    from toolchain.pipeline import deploy_root, target_python
+    from toolchain.reach import deploy_root, target_python
     from toolchain.status import deployment_status
     from toolchain.targets import resolve_target
     from toolchain.transports.factory import connect

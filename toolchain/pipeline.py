@@ -7,7 +7,6 @@ writes its run directory (a failed run still writes its report).
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,13 +22,13 @@ from toolchain.models import Budget, Check, HostFacts, Plan, Release, TargetSpec
 from toolchain.packager import package
 from toolchain.planner import PlanOptions, make_plan
 from toolchain.planning import Overrides, build_basis, build_options
-from toolchain.probe import probe as run_probe
 from toolchain.provision import Provisioner
+from toolchain.reach import deploy_root, probe_target, target_python
 from toolchain.report import new_run_dir, write_reports
 from toolchain.runner import run_bench
 from toolchain.serde import from_dict, to_json_dict
 from toolchain.serve import ServeOptions, Server
-from toolchain.shipper import Shipper, default_deploy_root
+from toolchain.shipper import Shipper
 from toolchain.transports.base import Transport
 from toolchain.transports.factory import connect
 from toolchain.validate import failed_run_verdict, validate
@@ -48,25 +47,6 @@ class PlanRequest:
     offline: bool | None = None  # None: the target's default (local plans with what is here)
     overrides: Overrides = field(default_factory=Overrides)
     board: str | None = None
-
-
-def target_python(spec: TargetSpec, facts: HostFacts | None = None) -> str:
-    if spec.python:
-        return spec.python
-    if spec.kind == "local":
-        return sys.executable  # the interpreter that has this toolchain's llama-cpp-python
-    return (facts.runtime.python_path if facts and facts.runtime.python_path else None) or "python3"
-
-
-def deploy_root(spec: TargetSpec, transport: Transport, override: str | None = None) -> str:
-    spec = replace(spec, deploy_dir=override) if override else spec
-    return default_deploy_root(spec, transport.home())
-
-
-def probe_target(spec: TargetSpec, transport: Transport, root: str, *, quick: bool = False, record: Path | None = None) -> HostFacts:
-    spec = replace(spec, python=target_python(spec))
-    with ui.spinner(f"probing {spec.name}"):
-        return run_probe(transport, spec, deploy_dir=root, quick=quick, record=record)
 
 
 def plan_for(facts: HostFacts | None, req: PlanRequest, *, target_kind: str = "local", target_board: str | None = None) -> Plan:

@@ -72,8 +72,9 @@ def resolve_target(text: str, root: Path | None = None, ssh_config: Path | None 
         return _ssh_spec(text)
     if "@" in text or _looks_like_host(text) or _in_ssh_config(text, ssh_config):
         return _ssh_spec(text)
-    close = difflib.get_close_matches(text, [*known, "local"], n=3)
-    names = ", ".join([*known, "local"]) or "(none)"
+    names_list = sorted({*known, "local"})
+    close = difflib.get_close_matches(text, names_list, n=3)
+    names = ", ".join(names_list)
     raise BadInputError(
         f"unknown target {text!r}" + (f" (did you mean {', '.join(close)}?)" if close else ""),
         f"known targets: {names}; for an SSH host use user@host or ssh:{text}",

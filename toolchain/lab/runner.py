@@ -34,8 +34,9 @@ from toolchain.lab.locks import BoardLock, Holder, LockBusy, LockError
 from toolchain.lab.regression import RegressionCheck
 from toolchain.model_sources import obtain
 from toolchain.models import Check, TargetSpec, Verdict
-from toolchain.pipeline import PlanRequest, ShipResult, deploy_root, probe_target
+from toolchain.pipeline import PlanRequest, ShipResult
 from toolchain.planning import Overrides
+from toolchain.reach import deploy_root, probe_target
 from toolchain.report import new_run_dir, write_reports
 from toolchain.serde import to_json_dict
 from toolchain.transports.factory import connect

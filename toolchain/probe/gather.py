@@ -25,6 +25,8 @@ def build_script(facts: list[FactCommand], *, deploy_dir: str, python: str, env:
     lines = [
         f"DEPLOY_DIR={shlex.quote(deploy_dir)}",
         f"PY={shlex.quote(python)}",
+        # A deploy dir given as ~/... is expanded here: the host need not ask for $HOME first.
+        'case $DEPLOY_DIR in "~") DEPLOY_DIR=$HOME;; "~/"*) DEPLOY_DIR="$HOME/${DEPLOY_DIR#"~/"}";; esac',
         "export DEPLOY_DIR LC_ALL=C",
         *(f"export {k}={shlex.quote(v)}" for k, v in (env or {}).items()),
         "command -v \"$PY\" >/dev/null 2>&1 || PY=python3",
