@@ -122,6 +122,12 @@ def run_runner(sel: Any, gguf: Path, work: Path) -> dict[str, Any]:
     return result
 
 
+def noisy(meas: dict[str, Any]) -> bool:
+    """A run other work disturbed: its mean decode speed far below its median, or the CPU busy
+    (PSI) when it ended. On a quiet machine the mean is within a few percent of the median."""
+    return bool(meas["mean_tps"] < 0.85 / meas["median_s"] or meas["cpu_pressure"][1] > 15.0)
+
+
 def measure(sel: Any, gguf: Path, repeat: int, quiet_s: float, work: Path) -> dict[str, Any]:
     runs = []
     for _ in range(repeat):
@@ -215,6 +221,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2, help="measuring runs per model (best median kept)")
     ap.add_argument("--json", type=Path, help="write every figure here")
     ap.add_argument("--reuse", type=Path, help="reuse measurements from an earlier --json (re-predict only)")
+    ap.add_argument("--remeasure-noisy", action="store_true",
+                    help="with --reuse: measure again the models whose best run was disturbed (see noisy())")
     ap.add_argument("--quiet-s", type=float, default=60.0, help="wait up to this long for a calm CPU before each run")
     args = ap.parse_args()
     t_start = time.monotonic()
@@ -237,8 +245,9 @@ def main() -> int:
     reused = json.loads(args.reuse.read_text()) if args.reuse else {}
     for c in cases:
         c.pred = predict(c.path, facts, [])
-        if c.name in reused.get("measured", {}):
-            c.meas = reused["measured"][c.name]
+        old = reused.get("measured", {}).get(c.name)
+        if old is not None and not (args.remeasure_noisy and noisy(old)):
+            c.meas = old
             continue
         log(f"measuring {c.name}")
         with tempfile.TemporaryDirectory(prefix="edgedeploy-accuracy-") as tmp:
