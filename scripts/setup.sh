@@ -1,7 +1,8 @@
 #!/bin/sh
 # Set up edgedeploy on a fresh Debian/Ubuntu machine with Python >= 3.11.
 #   scripts/setup.sh          the toolchain in .venv (llama-cpp-python is built once, ~6 min on 2 cores)
-#   scripts/setup.sh --test   also the system tools the test rigs use (OpenSSH server, socat, adb)
+#   scripts/setup.sh --test   also the system tools the test rigs use (OpenSSH server, socat, adb,
+#                             PostgreSQL for the history tests, Chromium for the HTML report check)
 # Idempotent: what is already installed is not installed again.
 set -eu
 cd "$(dirname "$0")/.."
