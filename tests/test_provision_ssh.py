@@ -38,7 +38,7 @@ def test_wheelhouse_provisions_a_board_of_this_machines_kind(
 ) -> None:
     version = toolchain_llama_version()
     if find_cached_wheel(version) is None:
-        pytest.skip(f"no llama-cpp-python {version} wheel in pip's cache (building one takes ~6 min; scripts/setup.sh leaves one)")
+        pytest.fail(f"no llama-cpp-python {version} wheel in pip's cache: run scripts/setup.sh (it builds and caches one)")
     wheelhouse = tmp_path / "wheelhouse"
     monkeypatch.setenv("EDGEDEPLOY_WHEELHOUSE", str(wheelhouse))
     board = ssh_board_factory(host_board_dir(tmp_path))

@@ -48,7 +48,8 @@ def test_vocabulary_is_minimal_and_valid() -> None:
 
 
 def test_llama_cpp_loads_it_and_decodes(tiny: Path) -> None:
-    llama_cpp = pytest.importorskip("llama_cpp")
+    import llama_cpp  # installed by scripts/setup.sh: a missing one fails, never skips
+
     llm = llama_cpp.Llama(model_path=str(tiny), n_ctx=64, n_threads=1, verbose=False)
     toks = llm.tokenize(b"hello world", add_bos=True)
     assert toks[0] == 1 and len(toks) > 2
@@ -57,7 +58,6 @@ def test_llama_cpp_loads_it_and_decodes(tiny: Path) -> None:
 
 
 def test_dry_load_from_the_header_alone(tiny: Path, tmp_path: Path) -> None:
-    pytest.importorskip("llama_cpp")
     sel = Selected(model="t", quant="F16", params=TINY.params, file_bytes=tiny.stat().st_size, ctx=256, kv_type="f16",
                    threads=1, mode="resident", predicted=Prediction(0, 0, 0, 0))
     header = tiny.read_bytes()[: dryload.header_bytes(tiny)]
