@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolchain.config import field, load_yaml
+from toolchain.config import field, load_yaml, unknown_name
 from toolchain.errors import BadInputError
 from toolchain.paths import targets_dir
 
@@ -60,8 +59,4 @@ def _opt_float(v: object) -> float | None:
 def lookup_board(boards: dict[str, BoardSpec], board_id: str) -> BoardSpec:
     if board_id in boards:
         return boards[board_id]
-    close = difflib.get_close_matches(board_id, list(boards), n=4, cutoff=0.4)
-    raise BadInputError(
-        f"unknown board {board_id!r}" + (f"; close matches: {', '.join(close)}" if close else ""),
-        "list boards with: edgedeploy targets --boards",
-    )
+    raise unknown_name("board", board_id, boards, "list boards with: edgedeploy targets --boards")

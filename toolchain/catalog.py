@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 from pathlib import Path
 from typing import Any
 
-from toolchain.config import field, load_yaml
+from toolchain.config import field, load_yaml, unknown_name
 from toolchain.errors import BadInputError
 from toolchain.gguf_file import GGUFInfo, read_gguf
 from toolchain.paths import profiles_dir
@@ -171,19 +170,11 @@ def _swa_pattern(value: Any) -> int | None:
 def lookup(catalog: dict[str, ModelEntry], model_id: str) -> ModelEntry:
     if model_id in catalog:
         return catalog[model_id]
-    close = difflib.get_close_matches(model_id, list(catalog), n=4, cutoff=0.4)
-    raise BadInputError(
-        f"unknown model {model_id!r}" + (f"; close matches: {', '.join(close)}" if close else ""),
-        "list the catalog with: edgedeploy models",
-    )
+    raise unknown_name("model", model_id, catalog, "list the catalog with: edgedeploy models")
 
 
 def check_quant(name: str) -> str:
     upper = name.upper()
     if upper in QUANTS:
         return upper
-    close = difflib.get_close_matches(upper, QUANTS, n=3, cutoff=0.5)
-    raise BadInputError(
-        f"unknown quant {name!r}" + (f"; close matches: {', '.join(close)}" if close else ""),
-        f"quants: {', '.join(QUANTS)}",
-    )
+    raise unknown_name("quant", upper, QUANTS, f"quants: {', '.join(QUANTS)}", cutoff=0.5)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +25,12 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadInputError(f"{path}: expected a mapping at the top level", "see the examples beside it")
     return data
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str], hint: str, *, cutoff: float = 0.4) -> BadInputError:
+    """The error for a name not in a known set, with the close matches named."""
+    close = difflib.get_close_matches(name, list(known), n=4, cutoff=cutoff)
+    return BadInputError(f"unknown {kind} {name!r}" + (f"; close matches: {', '.join(close)}" if close else ""), hint)
 
 
 def field(data: dict[str, Any], key: str, typ: type[T], where: str, *, optional: bool = False, default: Any = None) -> T:
