@@ -18,13 +18,18 @@ REPORT_FILES = ("report.json", "report.md", "junit.xml")
 
 def new_run_dir(target: str, base: Path | None = None) -> Path:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in target)[:40]
-    path = (base or runs_dir()) / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
-    n = 1
-    while path.exists():
-        n += 1
-        path = path.with_name(f"{path.name.rsplit('~', 1)[0]}~{n}")
-    path.mkdir(parents=True)
-    return path
+    first = (base or runs_dir()) / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}"
+    first.parent.mkdir(parents=True, exist_ok=True)
+    # mkdir is the claim: two runs (threads of a lab, or two CI jobs) naming the same second both
+    # get a directory of their own instead of one failing.
+    for n in range(1, 1000):
+        path = first if n == 1 else first.with_name(f"{first.name}~{n}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"{first}: 999 runs in one second")
 
 
 def write_reports(run_dir: Path, report: dict[str, Any]) -> None:

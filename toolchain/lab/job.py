@@ -47,7 +47,7 @@ def run_lab(lab: Lab, *, labels: list[str] | None = None, parallel: int | None =
     # database that cannot be reached fails the job before any board is touched.
     history = None if probe_only else History(history_url or lab.history or default_url())
     try:
-        run_dir = _new_lab_dir(lab.name)
+        run_dir = new_run_dir(f"lab-{lab.name}")
         started = datetime.now(UTC)
         n = max(1, min(parallel or DEFAULT_PARALLEL, len(boards)))
         runner = LabRunner(lab, boards, parallel=n, run_dir=run_dir, probe_only=probe_only, ship_fn=ship_fn)
@@ -75,16 +75,6 @@ def run_lab(lab: Lab, *, labels: list[str] | None = None, parallel: int | None =
                        probe_only=probe_only, history=hist_doc)
     write_lab_reports(run_dir, doc, outcomes, trend)
     return LabRun(doc, exit_code, run_dir, outcomes)
-
-
-def _new_lab_dir(name: str) -> Path:
-    """new_run_dir, tolerating a second lab job that picks the same name in the same second."""
-    for _ in range(5):
-        try:
-            return new_run_dir(f"lab-{name}")
-        except FileExistsError:
-            continue
-    return new_run_dir(f"lab-{name}")
 
 
 def write_lab_reports(run_dir: Path, doc: dict[str, Any], outcomes: list[BoardOutcome], trend: list[plots.TrendPoint]) -> None:
