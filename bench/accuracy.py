@@ -36,10 +36,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from toolchain import calibration  # noqa: E402
-from toolchain.catalog import entry_from_gguf, load_catalog  # noqa: E402
-from toolchain.models import Budget, HostFacts  # noqa: E402
-from toolchain.planner import Option, PlanOptions, make_plan  # noqa: E402
-from toolchain.planning import Overrides, build_basis  # noqa: E402
+from toolchain.core.nouns import Budget, HostFacts  # noqa: E402
+from toolchain.models.catalog import entry_from_gguf, load_catalog  # noqa: E402
+from toolchain.plan.basis import Overrides, build_basis  # noqa: E402
+from toolchain.plan.select import Option, PlanOptions, make_plan  # noqa: E402
 
 SMOL_LADDER = ("Q4_1", "Q8_0", "Q6_K", "Q4_K_M", "Q2_K", "F16")
 SYNTH_QUANTS = ("F16", "Q8_0", "Q4_K_M", "Q4_0")
@@ -105,9 +105,9 @@ def wait_quiet(limit_s: float, threshold: float = 10.0) -> float:
 
 def run_runner(sel: Any, gguf: Path, work: Path) -> dict[str, Any]:
     """Package the plan exactly as `ship` does and run the rendered runner's bench mode."""
-    from toolchain.models import Basis, Plan
-    from toolchain.packager import package
-    from toolchain.pipeline import cached_sha256
+    from toolchain.core.nouns import Basis, Plan
+    from toolchain.deploy.package import package
+    from toolchain.deploy.pipeline import cached_sha256
 
     plan = Plan(selected=sel, candidates=[], basis=Basis(0, 0.0, 0.0), budget=Budget(decode_ms_per_token=1e9))
     bundle = package(plan, gguf, work / "bundle", python=sys.executable, model_sha256=cached_sha256(gguf))
@@ -159,9 +159,9 @@ class Case:
 
 
 def ladder(quick: bool, log: Any) -> list[Case]:
-    from toolchain import synthetic
-    from toolchain.model_sources import cached_path, obtain
-    from toolchain.requantize import requantize
+    from toolchain.models import synthetic
+    from toolchain.models.requantize import requantize
+    from toolchain.models.sources import cached_path, obtain
 
     cat = load_catalog()
     smol = cat["smollm2-135m-instruct"]
@@ -182,7 +182,7 @@ def ladder(quick: bool, log: Any) -> list[Case]:
 
 
 def local_facts() -> HostFacts:
-    from toolchain.models import TargetSpec
+    from toolchain.core.nouns import TargetSpec
     from toolchain.probe import probe
     from toolchain.transports.local import LocalTransport
 

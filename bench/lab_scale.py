@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.boards.sshd import SshBoard  # noqa: E402
-from toolchain.lab.inventory import load_lab  # noqa: E402
-from toolchain.lab.job import run_lab  # noqa: E402
+from toolchain.fleet.inventory import load_lab  # noqa: E402
+from toolchain.fleet.job import run_lab  # noqa: E402
 
 BOARD_TYPES = ("rpi4-4gb", "orangepi5", "jetson-orin-nano", "rpi4-32bit", "old-kernel")
 GOAL = 3.0

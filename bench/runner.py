@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.shipkit import bundle_for  # noqa: E402
-from toolchain.paths import cache_dir  # noqa: E402
+from toolchain.core.paths import cache_dir  # noqa: E402
 
 CMAKE_FLAGS = [
     "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
@@ -112,8 +112,8 @@ def main() -> int:
     args = ap.parse_args()
     version = metadata.version("llama-cpp-python")
     if args.model is None:
-        from toolchain.catalog import load_catalog
-        from toolchain.model_sources import obtain
+        from toolchain.models.catalog import load_catalog
+        from toolchain.models.sources import obtain
 
         args.model = obtain(load_catalog()["smollm2-135m-instruct"], "Q4_1")
     binary = llama_bench(version)

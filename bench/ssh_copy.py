@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from tests.boards.sshd import SshBoard  # noqa: E402
-from toolchain.models import TargetSpec  # noqa: E402
+from toolchain.core.nouns import TargetSpec  # noqa: E402
 from toolchain.transports.ssh import SshTransport  # noqa: E402
 
 MB = 1_000_000

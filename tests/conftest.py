@@ -27,8 +27,8 @@ def edgedeploy_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
-    from toolchain.catalog import load_catalog
-    from toolchain.model_sources import obtain
+    from toolchain.models.catalog import load_catalog
+    from toolchain.models.sources import obtain
 
     return obtain(load_catalog()["smollm2-135m-instruct"], "Q4_1")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from toolchain.models import Basis, Budget, Bundle, Plan, Prediction, Selected, TargetSpec
-from toolchain.packager import package
-from toolchain.pipeline import cached_sha256
+from toolchain.core.nouns import Basis, Budget, Bundle, Plan, Prediction, Selected, TargetSpec
+from toolchain.deploy.package import package
+from toolchain.deploy.pipeline import cached_sha256
 
 
 def host_board_dir(base: Path, name: str = "this-host") -> Path:

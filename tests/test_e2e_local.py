@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from toolchain.gguf_file import sha256_file
+from toolchain.models.gguf_reader import sha256_file
 
 pytestmark = pytest.mark.e2e
 

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from toolchain.errors import BadInputError
-from toolchain.gguf_file import read_gguf
+from toolchain.core.errors import BadInputError
+from toolchain.models.gguf_reader import read_gguf
 
 
 def test_reads_the_real_tensor_table(smollm2_gguf: Path) -> None:

@@ -21,16 +21,16 @@ import xmlschema
 
 from tests.boards.sshd import SshBoard
 from tests.conftest import REPO
-from toolchain.errors import EXIT_TARGET
-from toolchain.gguf_file import sha256_file
-from toolchain.lab.inventory import load_lab
-from toolchain.lab.job import run_lab
-from toolchain.lab.locks import LOCK_NAME, BoardLock
-from toolchain.models import Budget, TargetSpec
-from toolchain.paths import cache_dir
-from toolchain.pipeline import PlanRequest, plan_for
-from toolchain.planning import Overrides
-from toolchain.serde import to_json_dict
+from toolchain.core.errors import EXIT_TARGET
+from toolchain.core.nouns import Budget, TargetSpec
+from toolchain.core.paths import cache_dir
+from toolchain.core.serde import to_json_dict
+from toolchain.deploy.pipeline import PlanRequest, plan_for
+from toolchain.fleet.inventory import load_lab
+from toolchain.fleet.job import run_lab
+from toolchain.fleet.locks import LOCK_NAME, BoardLock
+from toolchain.models.gguf_reader import sha256_file
+from toolchain.plan.basis import Overrides
 from toolchain.transports.ssh import SshTransport
 
 JUNIT_XSD = REPO / "tests" / "fixtures" / "junit" / "junit-10.xsd"

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from toolchain.lab.history import BoardRecord, History, RunRecord
-from toolchain.lab.inventory import load_lab
-from toolchain.lab.job import run_lab
+from toolchain.fleet.inventory import load_lab
+from toolchain.fleet.job import run_lab
+from toolchain.store.history import BoardRecord, History, RunRecord
 
 SETUP_HINT = "run scripts/setup.sh --test (it installs postgresql), or: apt-get install -y postgresql"
 

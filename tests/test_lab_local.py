@@ -17,13 +17,13 @@ import jsonschema
 import xmlschema
 
 from tests.conftest import REPO
-from toolchain.errors import EXIT_OK, EXIT_TARGET, EXIT_VALIDATION, TargetError
-from toolchain.lab.history import BoardRecord, History, RunRecord
-from toolchain.lab.inventory import load_lab
-from toolchain.lab.job import run_lab
-from toolchain.models import TargetSpec
-from toolchain.pipeline import PlanRequest, ShipResult, StageFn
-from toolchain.report import new_run_dir
+from toolchain.core.errors import EXIT_OK, EXIT_TARGET, EXIT_VALIDATION, TargetError
+from toolchain.core.nouns import TargetSpec
+from toolchain.deploy.pipeline import PlanRequest, ShipResult, StageFn
+from toolchain.fleet.inventory import load_lab
+from toolchain.fleet.job import run_lab
+from toolchain.store.history import BoardRecord, History, RunRecord
+from toolchain.verdict.report import new_run_dir
 
 JUNIT_XSD = REPO / "tests" / "fixtures" / "junit" / "junit-10.xsd"
 REPORT_SCHEMA = REPO / "docs" / "lab-report.schema.json"

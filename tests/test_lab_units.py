@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from toolchain.errors import EXIT_BAD_INPUT, EXIT_NOTHING_FITS, EXIT_OK, EXIT_TARGET, EXIT_VALIDATION, BadInputError
-from toolchain.lab.classify import FailureClass, classify_exit, lab_exit_code, status_text
-from toolchain.lab.history import BoardRecord
-from toolchain.lab.inventory import RetryPolicy, load_lab
-from toolchain.lab.regression import check_regression
-from toolchain.lab.trends import board_trends, parse_since, trends_markdown
-from toolchain.paths import targets_dir
+from toolchain.core.errors import EXIT_BAD_INPUT, EXIT_NOTHING_FITS, EXIT_OK, EXIT_TARGET, EXIT_VALIDATION, BadInputError
+from toolchain.core.paths import targets_dir
+from toolchain.fleet.classify import FailureClass, classify_exit, lab_exit_code, status_text
+from toolchain.fleet.inventory import RetryPolicy, load_lab
+from toolchain.fleet.regression import check_regression
+from toolchain.fleet.trends import board_trends, parse_since, trends_markdown
+from toolchain.store.history import BoardRecord
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -7,10 +7,10 @@ import re
 
 import pytest
 
-from toolchain.catalog import load_catalog
-from toolchain.models import Basis, Budget, Plan
-from toolchain.planner import Option, PlanOptions, make_plan
-from toolchain.sizing import SpeedBasis
+from toolchain.core.nouns import Basis, Budget, Plan
+from toolchain.models.catalog import load_catalog
+from toolchain.plan.select import Option, PlanOptions, make_plan
+from toolchain.plan.sizing import SpeedBasis
 
 GiB = 1 << 30
 CAT = load_catalog()

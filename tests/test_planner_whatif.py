@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from toolchain import calibration
-from toolchain.boards import load_boards, lookup_board
-from toolchain.catalog import _load_entry, check_quant, load_catalog, lookup
-from toolchain.errors import BadInputError
-from toolchain.models import Budget
-from toolchain.planner import Option, PlanOptions, make_plan
-from toolchain.planning import DEFAULT_EFFICIENCY, Overrides, build_basis
-from toolchain.units import parse_rate, parse_size
+from toolchain.core.errors import BadInputError
+from toolchain.core.nouns import Budget
+from toolchain.core.units import parse_rate, parse_size
+from toolchain.models.catalog import _load_entry, check_quant, load_catalog, lookup
+from toolchain.plan import calibration
+from toolchain.plan.basis import DEFAULT_EFFICIENCY, Overrides, build_basis
+from toolchain.plan.boards import load_boards, lookup_board
+from toolchain.plan.select import Option, PlanOptions, make_plan
 
 BOARDS = load_boards()
 
@@ -72,7 +72,7 @@ def test_backend_changes_the_plan() -> None:
 
 
 def test_model_and_quant_restrict_candidates() -> None:
-    from toolchain.planning import build_options
+    from toolchain.plan.basis import build_options
 
     cat = load_catalog()
     opts = build_options(cat, {}, models=("llama-3.2-1b-instruct",), quants=("q8_0", "Q4_K_M"))

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.test_probe_support import board_raw, output
-from toolchain.models import HostFacts
+from toolchain.cli.render_facts import render_facts, summary_line
+from toolchain.core.nouns import HostFacts
 from toolchain.probe.assemble import assemble_facts
 from toolchain.probe.memory import ADDRESS_SPACE_32BIT
-from toolchain.probe.render import render_facts, summary_line
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -204,7 +204,7 @@ def test_thermal_and_power() -> None:
 
 
 def test_json_contract_keys() -> None:
-    from toolchain.serde import to_json_dict
+    from toolchain.core.serde import to_json_dict
 
     doc = to_json_dict(facts(board_raw("rpi4-4gb")))
     for path in ("target", "board.model", "os.kind", "os.kernel", "cpu.arch", "cpu.cores", "cpu.features", "memory.total_bytes",

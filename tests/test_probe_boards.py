@@ -19,7 +19,7 @@ from tests.boards.adb_fixtures import RunningDevice
 from tests.boards.serial_console import SerialConsole
 from tests.boards.sshd import SshBoard
 from tests.test_probe_support import check_fixture, fixture_files
-from toolchain.models import HostFacts, TargetSpec
+from toolchain.core.nouns import HostFacts, TargetSpec
 from toolchain.probe import probe
 from toolchain.transports.adb import AdbTransport
 from toolchain.transports.serial import SerialTransport
@@ -115,7 +115,7 @@ def test_serial_probe_reports_the_pi() -> None:
 
 
 def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "toolchain.cli", *args], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "toolchain.cli.app", *args], env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_cli_probe_over_ssh(rpi4_board: SshBoard, cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from tests.test_probe_support import FIXTURES, check_fixture, fixture_files, load
+from toolchain.core.serde import to_json_dict
 from toolchain.probe.assemble import assemble_facts
 from toolchain.probe.commands import ALL_FACTS, FACTS, MEASUREMENTS
 from toolchain.probe.gather import MARK, build_script, split_output
 from toolchain.probe.parsers import PARSERS
-from toolchain.serde import to_json_dict
 
 
 @pytest.mark.parametrize("path", fixture_files(), ids=lambda p: f"{p.parent.name}/{p.stem}")

@@ -8,9 +8,9 @@ from typing import Any
 
 import yaml
 
+from toolchain.core.serde import to_json_dict
 from toolchain.probe.commands import ALL_FACTS
 from toolchain.probe.parsers import PARSERS
-from toolchain.serde import to_json_dict
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "probe"
 REQUIRED = ("command", "source", "output", "expected")

@@ -18,8 +18,8 @@ import pytest
 from tests.boards.sshd import SshBoard
 from tests.shipkit import host_board_dir, ssh_spec
 from tests.test_ship_ssh import connect_to, ship_plan
-from toolchain.errors import BadInputError
-from toolchain.provision import Provisioner, find_cached_wheel, host_runtime, inspect_python, toolchain_llama_version
+from toolchain.core.errors import BadInputError
+from toolchain.deploy.provision import Provisioner, find_cached_wheel, host_runtime, inspect_python, toolchain_llama_version
 from toolchain.transports.ssh import SshTransport
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +42,7 @@ def test_wheelhouse_provisions_a_board_of_this_machines_kind(
     wheelhouse = tmp_path / "wheelhouse"
     monkeypatch.setenv("EDGEDEPLOY_WHEELHOUSE", str(wheelhouse))
     board = ssh_board_factory(host_board_dir(tmp_path))
-    monkeypatch.setattr("toolchain.pipeline.connect", connect_to(board))
+    monkeypatch.setattr("toolchain.deploy.pipeline.connect", connect_to(board))
     t = SshTransport(ssh_spec(board), ssh_config_path=str(board.ssh_config_path))
     before = inspect_python(t, bare_python)
     assert before is not None and before.llama_cpp is None and before.key == host_runtime().key

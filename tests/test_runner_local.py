@@ -17,9 +17,9 @@ from types import ModuleType
 import pytest
 
 from tests.shipkit import bundle_for
-from toolchain.models import Release
-from toolchain.runner import classify_failure, run_bench
-from toolchain.serve import render_unit, systemd_quote
+from toolchain.core.nouns import Release
+from toolchain.deploy.run import classify_failure, run_bench
+from toolchain.deploy.serve import render_unit, systemd_quote
 from toolchain.transports.local import LocalTransport
 
 

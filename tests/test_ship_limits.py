@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.shipkit import bundle_for
-from toolchain.errors import TargetError
-from toolchain.gguf_file import sha256_file
-from toolchain.shipper import FREE_MARGIN_BYTES, Shipper
+from toolchain.core.errors import TargetError
+from toolchain.deploy.releases import FREE_MARGIN_BYTES, Shipper
+from toolchain.models.gguf_reader import sha256_file
 from toolchain.transports.base import Capabilities
 from toolchain.transports.local import LocalTransport
 

@@ -24,14 +24,14 @@ import pytest
 
 from tests.boards.sshd import SshBoard
 from tests.shipkit import bundle_for, host_board_dir, smollm2_plan, ssh_spec
-from toolchain.errors import TargetError
-from toolchain.gguf_file import sha256_file
-from toolchain.models import Budget
-from toolchain.pipeline import DeployOptions, PlanRequest, ship
-from toolchain.serde import to_json_dict
-from toolchain.serve import ServeOptions, Server
-from toolchain.shipper import Shipper
-from toolchain.status import deployment_status
+from toolchain.core.errors import TargetError
+from toolchain.core.nouns import Budget
+from toolchain.core.serde import to_json_dict
+from toolchain.deploy.pipeline import DeployOptions, PlanRequest, ship
+from toolchain.deploy.releases import Shipper
+from toolchain.deploy.serve import ServeOptions, Server
+from toolchain.deploy.status import deployment_status
+from toolchain.models.gguf_reader import sha256_file
 from toolchain.transports.ssh import SshTransport
 
 pytestmark = pytest.mark.e2e
@@ -98,7 +98,7 @@ def test_upload_of_a_killed_process_resumes(board: SshBoard, smollm2_gguf: Path,
         sys.path.insert(0, {str(REPO)!r})
         from pathlib import Path
         from tests.shipkit import ssh_spec
-        from toolchain.shipper import Shipper
+        from toolchain.deploy.releases import Shipper
         from toolchain.transports.ssh import SshTransport
         class B: name = {board.name!r}
         t = SshTransport(ssh_spec(B()), ssh_config_path={str(board.ssh_config_path)!r})
@@ -184,7 +184,7 @@ def test_ship_twice_then_oom_keeps_the_previous_release(
     board = ssh_board_factory(host_board_dir(tmp_path), memory_limit_bytes=2560 << 20)
     if not board.memory_limit_applied:
         pytest.fail("no writable memory cgroup here (needs cgroup v1 memory or v2 with the memory controller, as root)")
-    monkeypatch.setattr("toolchain.pipeline.connect", connect_to(board))
+    monkeypatch.setattr("toolchain.deploy.pipeline.connect", connect_to(board))
     deploy = tmp_path / "deploy"
     first = ship_plan(board, tmp_path, smollm2_gguf, deploy, ctx=256)
     assert first.exit_code == 0, first.report.get("error")
@@ -197,7 +197,7 @@ def test_ship_twice_then_oom_keeps_the_previous_release(
 
     # A 32k context (~750 MB of KV cache) plus ~650 MB of compute buffers fits the board as planned and dry-loaded (2.5 GB); then
     # something else takes memory (the cgroup shrinks to 450 MB) before the bench runs.
-    from toolchain import pipeline
+    from toolchain.deploy import pipeline
 
     real_run_bench = pipeline.run_bench
 
@@ -217,7 +217,7 @@ def test_ship_twice_then_oom_keeps_the_previous_release(
 def test_serve_mode_answers_a_completion_over_http(board: SshBoard, smollm2_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import llama_cpp.server.app  # noqa: F401  (the [server] extra is a dependency: fail, never skip)
 
-    monkeypatch.setattr("toolchain.pipeline.connect", connect_to(board))
+    monkeypatch.setattr("toolchain.deploy.pipeline.connect", connect_to(board))
     port = free_port()
     deploy = tmp_path / "deploy"
     res = ship_plan(board, tmp_path, smollm2_gguf, deploy, ctx=512,
@@ -257,7 +257,7 @@ def free_port() -> int:
 
 def test_telemetry_on_an_emulated_pi_reads_its_sensors(rpi4_board: SshBoard, smollm2_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The Pi 4 overlay's thermal zone and vcgencmd reach the runner's telemetry (sustained mode, 1 s)."""
-    monkeypatch.setattr("toolchain.pipeline.connect", connect_to(rpi4_board))
+    monkeypatch.setattr("toolchain.deploy.pipeline.connect", connect_to(rpi4_board))
     res = ship_plan(rpi4_board, tmp_path, smollm2_gguf, tmp_path / "deploy", ctx=256, options=DeployOptions(sustained_s=1.0))
     assert res.exit_code == 0, res.report.get("error")
     tel = res.report["telemetry"]
@@ -272,7 +272,7 @@ def test_energy_per_token_from_tegrastats_on_an_emulated_jetson(
 ) -> None:
     """The Jetson overlay's tegrastats prints the captured VDD_IN 17946mW: energy/token = that x time/token."""
     board = ssh_board_factory("jetson-orin-nano")
-    monkeypatch.setattr("toolchain.pipeline.connect", connect_to(board))
+    monkeypatch.setattr("toolchain.deploy.pipeline.connect", connect_to(board))
     res = ship_plan(board, tmp_path, smollm2_gguf, tmp_path / "deploy", ctx=256, options=DeployOptions(sustained_s=2.0))
     assert res.exit_code == 0, res.report.get("error")
     extra = res.report["telemetry"]["extra"]

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from toolchain import sizing
-from toolchain.catalog import Arch, load_catalog
-from toolchain.gguf_file import read_gguf
+from toolchain.models.catalog import Arch, load_catalog
+from toolchain.models.gguf_reader import read_gguf
+from toolchain.plan import sizing
 
 MiB, KiB = 1 << 20, 1 << 10
 

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from toolchain import dryload, sizing, synthetic
-from toolchain.catalog import entry_from_gguf
-from toolchain.gguf_file import read_gguf
-from toolchain.models import Prediction, Selected
+from toolchain.core.nouns import Prediction, Selected
+from toolchain.deploy import dry_load as dryload
+from toolchain.models import synthetic
+from toolchain.models.catalog import entry_from_gguf
+from toolchain.models.gguf_reader import read_gguf
+from toolchain.plan import sizing
 from toolchain.transports.local import LocalTransport
 
 TINY = synthetic.SyntheticSpec("synth-tiny", n_layer=2, n_embd=64, n_head=4, n_head_kv=2, n_ff=128, n_vocab=512,

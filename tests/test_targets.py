@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from toolchain.errors import BadInputError
-from toolchain.targets import resolve_target
+from toolchain.core.errors import BadInputError
+from toolchain.transports.targets import resolve_target
 
 
 def test_target_forms(tmp_path: Path) -> None:

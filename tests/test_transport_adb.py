@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.boards.adb_fixtures import AdbServer, RunningDevice
-from toolchain.errors import CommandFailed, CommandTimeout, TargetError
-from toolchain.models import TargetSpec
+from toolchain.core.errors import CommandFailed, CommandTimeout, TargetError
+from toolchain.core.nouns import TargetSpec
 from toolchain.transports.adb import AdbTransport
 
 # Fixtures (adb_server, adb_device, start_adb_device) come from tests/boards/adb_fixtures.py

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from tests.boards.serial_console import SerialConsole
-from toolchain.errors import CommandFailed, CommandTimeout, TargetError
-from toolchain.models import TargetSpec
+from toolchain.core.errors import CommandFailed, CommandTimeout, TargetError
+from toolchain.core.nouns import TargetSpec
 from toolchain.transports.serial import NETWORK_HINT, SerialTransport, clean
 
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.boards.sshd import SshBoard
-from toolchain.errors import EXIT_TARGET, CommandFailed, CommandTimeout, TargetError
-from toolchain.models import TargetSpec
+from toolchain.core.errors import EXIT_TARGET, CommandFailed, CommandTimeout, TargetError
+from toolchain.core.nouns import TargetSpec
 from toolchain.transports.ssh import SshTransport
 
 COPY_PATHS = ["ssh", "channel"]  # system OpenSSH client, paramiko channel fallback
@@ -369,7 +369,7 @@ def test_killed_host_process_takes_its_ssh_copy_along(board: SshBoard, tmp_path:
 import os, signal, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
 from pathlib import Path
-from toolchain.models import TargetSpec
+from toolchain.core.nouns import TargetSpec
 from toolchain.transports.ssh import SshTransport
 t = SshTransport(TargetSpec(name={board.name!r}, kind="ssh"), ssh_config_path={str(board.ssh_config_path)!r})
 t.copy_via = "ssh"

@@ -1,7 +1,7 @@
 import pytest
 
-from toolchain.errors import BadInputError
-from toolchain.units import parse_budget, parse_rate, parse_size
+from toolchain.core.errors import BadInputError
+from toolchain.core.units import parse_budget, parse_rate, parse_size
 
 
 @pytest.mark.parametrize(("text", "ms"), [("120ms", 120.0), ("0.12s", 120.0), ("8.33tok/s", 1000 / 8.33), ("50 ms", 50.0)])

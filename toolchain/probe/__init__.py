@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from toolchain.models import HostFacts, TargetSpec
+from toolchain.core.nouns import HostFacts, TargetSpec
 from toolchain.probe.assemble import assemble_facts
 from toolchain.probe.commands import FACTS, MEASUREMENTS
 from toolchain.probe.gather import FactCommand, build_script, split_output

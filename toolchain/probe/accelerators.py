@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from toolchain.models import Accelerator, Unknown
+from toolchain.core.nouns import Accelerator, Unknown
 from toolchain.probe.parsers.accel import (
     parse_gpu_sysfs,
     parse_npu,

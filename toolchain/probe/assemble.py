@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from toolchain.models import BandwidthFacts, CpuCluster, HostFacts, RuntimeFacts, StorageFacts, ThermalFacts, Unknown
+from toolchain.core.nouns import BandwidthFacts, CpuCluster, HostFacts, RuntimeFacts, StorageFacts, ThermalFacts, Unknown
 from toolchain.probe.accelerators import accelerators
 from toolchain.probe.cpu import cpu_facts
 from toolchain.probe.identity import arch_note, board_facts, os_facts

@@ -18,7 +18,7 @@ from toolchain.probe.gather import FactCommand
 
 
 def _snippet(name: str) -> str:
-    code = files("toolchain.probe").joinpath("snippets", name).read_text()
+    code = files("toolchain.device").joinpath(name).read_text()
     # Comment and blank lines cost bytes on every probe (a serial console sends them at 11 KB/s).
     return "\n".join(line for line in code.splitlines() if line.strip() and not re.match(r"^\s*#", line))
 
@@ -125,7 +125,7 @@ FACTS: list[FactCommand] = [
         "/sys/class/power_supply/*/current_now /sys/class/power_supply/*/voltage_now /sys/class/power_supply/*/power_now 2>/dev/null; "
         "cd /sys/class/hwmon 2>/dev/null && grep -sH . hwmon*/name hwmon*/in*_label hwmon*/curr*_label hwmon*/power*_label",
     ),
-    FactCommand("runtime", _py("runtime.py")),
+    FactCommand("runtime", _py("runtime_info.py")),
 ]
 
 # Stage 2 (skipped by --quick): measurements and slow tools. A second round trip, because the
@@ -138,7 +138,7 @@ FACTS: list[FactCommand] = [
 MEASUREMENTS: list[FactCommand] = [
     FactCommand("vulkaninfo", "command -v vulkaninfo >/dev/null 2>&1 && timeout 10 vulkaninfo --summary 2>/dev/null", quick=False),
     FactCommand("system_profiler", "[ -x /usr/sbin/system_profiler ] && system_profiler SPDisplaysDataType 2>/dev/null", quick=False),
-    FactCommand("llama", _py("llama.py"), quick=False),
+    FactCommand("llama", _py("llama_info.py"), quick=False),
     FactCommand("membw", _py("membw.py"), quick=False),
     FactCommand(
         "storage_read",

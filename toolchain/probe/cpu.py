@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from toolchain.models import CpuCluster, CpuFacts, Unknown
+from toolchain.core.nouns import CpuCluster, CpuFacts, Unknown
 from toolchain.probe.parsers.cpu import CpuFreq, CpuInfo, arm_part, isa_names, llama_features, parse_nproc
 
 # A cluster clocked below this share of the fastest one is an efficiency cluster when its part is unknown.

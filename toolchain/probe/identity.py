@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from toolchain.models import BoardFacts, OsFacts, Unknown
+from toolchain.core.nouns import BoardFacts, OsFacts, Unknown
 from toolchain.probe.parsers.cpu import CpuInfo
 from toolchain.probe.parsers.system import Uname, parse_dmi, parse_dt_compatible, parse_dt_model, parse_libc, parse_nv_tegra_release
 

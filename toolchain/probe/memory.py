@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from toolchain.models import MemoryFacts, Unknown
+from toolchain.core.nouns import MemoryFacts, Unknown
+from toolchain.core.units import fmt_bytes
 from toolchain.probe.parsers.memory import CgroupLimit, Oom, Swap, available_memory, lmk_levels
-from toolchain.units import fmt_bytes
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 
 from toolchain import __version__
+from toolchain.core.serde import to_json_dict
 from toolchain.probe.commands import ALL_FACTS
 from toolchain.probe.parsers import PARSERS
-from toolchain.serde import to_json_dict
 
 # Hostnames that identify nobody (and that DT strings such as "raspberrypi,4-model-b" contain).
 DEFAULT_HOSTNAMES = {"localhost", "raspberrypi", "orangepi5", "jetson", "ubuntu", "debian", "android", "armbian", "dietpi",

@@ -30,8 +30,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from toolchain.errors import CommandFailed, CommandTimeout, TargetError
-from toolchain.models import TargetSpec
+from toolchain.core.errors import CommandFailed, CommandTimeout, TargetError
+from toolchain.core.nouns import TargetSpec
 from toolchain.transports.base import Capabilities, CommandResult, ProgressFn, Transport
 
 STAGING_DIR = "/data/local/tmp"  # writable by the shell user on every Android release

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolchain.errors import CommandFailed, CommandTimeout
+from toolchain.core.errors import CommandFailed, CommandTimeout
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from toolchain.models import TargetSpec
+from toolchain.core.nouns import TargetSpec
 from toolchain.transports.base import Transport
 
 

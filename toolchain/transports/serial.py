@@ -27,8 +27,8 @@ from pathlib import Path
 
 import serial  # type: ignore[import-untyped,unused-ignore]  # pyserial ships no stubs
 
-from toolchain.errors import CommandTimeout, TargetError
-from toolchain.models import TargetSpec
+from toolchain.core.errors import CommandTimeout, TargetError
+from toolchain.core.nouns import TargetSpec
 from toolchain.transports.base import Capabilities, CommandResult, ProgressFn, Transport
 
 DEFAULT_BAUD = 115200

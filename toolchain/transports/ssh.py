@@ -19,8 +19,8 @@ from typing import Any
 import paramiko
 from fabric import Config, Connection
 
-from toolchain.errors import BadInputError, TargetError
-from toolchain.models import TargetSpec
+from toolchain.core.errors import BadInputError, TargetError
+from toolchain.core.nouns import TargetSpec
 from toolchain.transports import ssh_copy
 from toolchain.transports.base import Capabilities, ProgressFn, Transport
 from toolchain.transports.ssh_hostkeys import (

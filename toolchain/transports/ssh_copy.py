@@ -30,7 +30,7 @@ from typing import IO
 
 import paramiko
 
-from toolchain.errors import BadInputError, TargetError
+from toolchain.core.errors import BadInputError, TargetError
 from toolchain.transports.base import ProgressFn
 
 CHUNK = 1 << 20  # fallback path: bytes per channel write/read

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import paramiko
 
-from toolchain.errors import TargetError
+from toolchain.core.errors import TargetError
 
 DEFAULT_USER_KNOWN_HOSTS = "~/.ssh/known_hosts"
 GLOBAL_KNOWN_HOSTS = "/etc/ssh/ssh_known_hosts"

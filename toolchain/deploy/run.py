@@ -1,0 +1,125 @@
+"""Start the on-device runner of a release, wait with a timeout, bring its telemetry back.
+
+Failures are classified, never raised past the caller: out of memory (exit 137 / SIGKILL, or the
+kernel log names the runner's pid) with the peak reached, a crash with the last lines of its
+log, a timeout, a board that rebooted mid-run (its boot_id changed) or vanished.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolchain.core.errors import CommandTimeout, EdgeDeployError
+from toolchain.core.nouns import Release, Telemetry
+from toolchain.core.units import fmt_bytes
+from toolchain.deploy.telemetry import Event, error_event, fetch_events, peak_rss, telemetry_from_events
+from toolchain.transports.base import Transport
+
+BENCH_TIMEOUT_S = 1800.0
+OOM_STATUSES = (137, -9)
+REBOOT_WAIT_S = 180.0  # how long to wait for a board that dropped off mid-run to come back
+LOG_TAIL_LINES = 20
+_BOOT_ID = "cat /proc/sys/kernel/random/boot_id 2>/dev/null || true"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    exit_status: int
+    events: list[Event]
+    telemetry: Telemetry | None
+    error: str | None  # what went wrong, in words, when telemetry is missing
+    log_tail: str = ""
+    failure_kind: str | None = None  # oom | crash | timeout | reboot | unreachable | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def boot_id(transport: Transport) -> str | None:
+    """The kernel's per-boot random id; None where the target has none (macOS, a stub)."""
+    out = transport.run_shell(_BOOT_ID, timeout=30, check=False).stdout.strip()
+    return out or None
+
+
+def run_bench(
+    transport: Transport, release: Release, *, python: str, run_dir: Path, timeout: float = BENCH_TIMEOUT_S,
+    extra_args: list[str] | None = None, reboot_wait_s: float = REBOOT_WAIT_S,
+) -> RunOutcome:
+    remote_out = f"{release.path}/telemetry.jsonl"
+    log = f"{release.path}/runner.log"
+    transport.run(["rm", "-f", remote_out, log], timeout=30)
+    before = boot_id(transport)
+    argv = ["sh", f"{release.path}/run.sh", "bench", "--out", remote_out, *(extra_args or [])]
+    lost: EdgeDeployError | None = None
+    try:
+        status = transport.run(argv, timeout=timeout, check=False, env={"EDGEDEPLOY_PYTHON": python}).exit_status
+    except CommandTimeout:
+        status = -1
+    except EdgeDeployError as exc:  # the link dropped: a reboot, a crash of the board, or the network
+        status, lost = -2, exc
+    after = boot_id(transport) if lost is None else _wait_for_board(transport, reboot_wait_s)
+    if lost is not None or (before and after and before != after):
+        return _lost_board(status, before, after, lost)
+    events = fetch_events(transport, remote_out, run_dir / "telemetry.jsonl")
+    log_tail = _tail(transport, log)
+    (run_dir / "runner.log.tail").write_text(log_tail)
+    tel = telemetry_from_events(events)
+    if tel is not None and status == 0:
+        return RunOutcome(status, events, tel, None, log_tail)
+    return classify_failure(status, events, log_tail, timeout, _oom_in_kernel_log(transport, events))
+
+
+def classify_failure(status: int, events: list[Event], log_tail: str, timeout: float, kernel_oom: bool) -> RunOutcome:
+    """A run without a result -> what happened, in words, with the evidence (pure)."""
+    peak = peak_rss(events)
+    err = error_event(events)
+    if status == -1:
+        return RunOutcome(status, events, None, f"runner did not finish within {timeout:g} s (peak RSS {fmt_bytes(peak)})",
+                          log_tail, "timeout", {"peak_rss_bytes": peak})
+    if status in OOM_STATUSES or kernel_oom or (err is not None and err.get("kind") == "oom"):
+        how = "the kernel's out-of-memory killer" if kernel_oom else f"exit {status}: SIGKILL, as the out-of-memory killer sends"
+        return RunOutcome(status, events, None,
+                          f"runner was killed for memory (out of memory; {how}) at peak RSS {fmt_bytes(peak)} ({peak} bytes)",
+                          log_tail, "oom", {"peak_rss_bytes": peak})
+    why = f"{err.get('kind')}: {err.get('message')}" if err else "no result in telemetry"
+    last = log_tail.strip().splitlines()[-1] if log_tail.strip() else ""
+    return RunOutcome(status, events, None, f"runner failed (exit {status}): {why}" + (f"; last log line: {last}" if last and not err else ""),
+                      log_tail, "crash", {"peak_rss_bytes": peak})
+
+
+def _lost_board(status: int, before: str | None, after: str | None, lost: EdgeDeployError | None) -> RunOutcome:
+    if after is None:
+        why = lost.message if lost else "no answer"
+        return RunOutcome(status, [], None, f"the board became unreachable during the run ({why})", "", "unreachable")
+    if before and after != before:
+        return RunOutcome(status, [], None, f"the board rebooted during the run (boot_id {before[:8]}… -> {after[:8]}…)",
+                          "", "reboot", {"boot_id_before": before, "boot_id_after": after})
+    why = lost.message if lost else "connection lost"
+    return RunOutcome(status, [], None, f"the connection dropped during the run ({why}); the board did not reboot", "", "unreachable")
+
+
+def _wait_for_board(transport: Transport, wait_s: float) -> str | None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return boot_id(transport) or ""
+        except EdgeDeployError:
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+
+
+def _tail(transport: Transport, path: str) -> str:
+    return transport.run(["sh", "-c", 'tail -n "$2" "$1" 2>/dev/null || true', "sh", path, str(LOG_TAIL_LINES)],
+                         timeout=30, check=False).stdout
+
+
+def _oom_in_kernel_log(transport: Transport, events: list[Event]) -> bool:
+    """True when the kernel log says it killed this runner (by pid): an old OOM of something else must not count."""
+    pids = {str(e["pid"]) for e in events if e.get("event") == "start" and e.get("pid")}
+    if not pids:
+        return False
+    text = transport.run(["sh", "-c", "dmesg 2>/dev/null | tail -n 200"], timeout=15, check=False).stdout
+    return any(re.search(rf"(Out of memory|oom-kill|Memory cgroup out of memory).*\b{pid}\b", text, re.I) for pid in pids)

@@ -1,0 +1,62 @@
+"""Pull the runner's JSON lines back from the target and turn them into a Telemetry (or a reason).
+
+Parsing is pure: `parse_events` and `telemetry_from_events` take text and events, no I/O.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from toolchain.core.errors import EdgeDeployError
+from toolchain.core.nouns import Telemetry
+from toolchain.core.serde import from_dict
+from toolchain.transports.base import Transport
+
+Event = dict[str, Any]
+
+
+def fetch_events(transport: Transport, remote: str, local: Path) -> list[Event]:
+    """Copy the remote JSON lines to `local` (always written) and parse them."""
+    try:
+        transport.get(remote, local)
+    except (EdgeDeployError, OSError):  # no telemetry file at all: the runner died before writing
+        local.write_text("")
+        return []
+    return parse_events(local.read_text(errors="replace"))
+
+
+def parse_events(text: str) -> list[Event]:
+    events: list[Event] = []
+    for line in text.splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue  # a torn last line from a killed runner
+        if isinstance(item, dict):
+            events.append(item)
+    return events
+
+
+def result_event(events: list[Event]) -> Event | None:
+    return next((e for e in reversed(events) if e.get("event") == "result"), None)
+
+
+def error_event(events: list[Event]) -> Event | None:
+    return next((e for e in reversed(events) if e.get("event") == "error"), None)
+
+
+def peak_rss(events: list[Event]) -> int:
+    """The highest VmHWM any event reported (the runner's memory watcher emits as it grows)."""
+    return max((int(e.get("peak_rss_bytes") or 0) for e in events), default=0)
+
+
+def telemetry_from_events(events: list[Event]) -> Telemetry | None:
+    """The result event as Telemetry; fields Telemetry lacks go to .extra (JSON keys: add, never rename)."""
+    result = result_event(events)
+    if result is None:
+        return None
+    data = {k: v for k, v in result.items() if k not in ("event", "time")}
+    data["extra"] = {k: data.pop(k) for k in list(data) if k not in Telemetry.__dataclass_fields__}
+    return from_dict(Telemetry, data)

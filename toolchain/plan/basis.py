@@ -1,0 +1,200 @@
+"""Glue for the planner: facts + board database + overrides + calibration -> basis; catalog +
+local files -> options. The decisions themselves stay pure in planner.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolchain.core.errors import BadInputError
+from toolchain.core.nouns import Basis, HostFacts
+from toolchain.models.catalog import ModelEntry, check_quant, entry_from_gguf, lookup
+from toolchain.models.gguf_reader import read_gguf
+from toolchain.models.sources import WheelSource, availability, cached_path
+from toolchain.plan import calibration
+from toolchain.plan.boards import BoardSpec
+from toolchain.plan.select import Option
+from toolchain.plan.sizing import QUANT_FACTORS, SpeedBasis, normalize_isa
+
+BACKENDS = ("cpu", "cuda", "metal", "vulkan", "opencl")
+
+# Decode efficiency: the fraction of the planner's bandwidth figure (a measured read rate, else
+# 0.7 x the peak) that llama.cpp's decode reaches, per device class and backend, with the fixed
+# per-token overhead. Sources:
+#  - CPU classes: sizing.md (Pi 5 reaches 84-91 % of a 4-thread read-only STREAM,
+#    ggml-org/llama.cpp#26484; x86 85-95 %, #25976); phones lower (big.LITTLE, thermals).
+#  - jetson/cuda and apple-silicon/metal: least squares over published-benchmarks.csv
+#    (calibration.fit_published, printed by bench/accuracy.py): Jetson AGX Orin llama.cpp CUDA
+#    rows (holohub #170) and the Apple M1/M2 llama-bench Metal table (llama.cpp discussion #4167),
+#    with the bandwidth basis 0.7 x peak, as the board database gives for those boards.
+#  - apple-silicon/cpu: M1 CPU decode >= 53.3 of 68.2 GB/s (llama.cpp#1642) = 1.1 x (0.7 x peak).
+#  - jetson/cpu: no published multi-thread figure; the A78AE cores read ~10 GB/s each
+#    single-threaded (board-facts.md, sbc-bench 87lq) and share the CPU complex's port to the
+#    memory controller: an estimate of a third of the GPU-side figure, until measured.
+DEFAULT_EFFICIENCY: dict[tuple[str, str], tuple[float, float]] = {
+    ("sbc-cpu", "cpu"): (0.85, 0.0015),
+    ("x86-cpu", "cpu"): (0.85, 0.0015),
+    ("phone-cpu", "cpu"): (0.70, 0.0020),
+    ("jetson", "cpu"): (0.35, 0.0015),
+    ("jetson", "cuda"): (0.85, 0.0138),
+    ("apple-silicon", "cpu"): (1.10, 0.0015),
+    ("apple-silicon", "metal"): (1.34, 0.0063),
+}
+GPU_FALLBACK = (0.50, 0.0100)  # vulkan/opencl and unlisted pairs: no published rows to fit
+# Per-layer share of the fixed overhead on CPUs (graph ops and thread barriers per layer), in
+# seconds; fitted on this project's x86 measurements (bench/accuracy.py) and refined per device.
+PER_LAYER_OVERHEAD_S = 0.00003
+# Prefill FLOPs per cycle per core with batched kernels; wide = SIMD dot products (AVX2/AVX-512,
+# Armv8.2 dotprod/i8mm, SVE).
+FLOPS_PER_CYCLE = {"wide": 32.0, "narrow": 8.0}
+DEFAULT_MHZ = 2000.0
+UNIFIED_MEMORY_CLASSES = ("jetson", "apple-silicon")  # the GPU uses the same RAM and bandwidth
+
+
+@dataclass(frozen=True)
+class Overrides:
+    ram_bytes: int | None = None
+    bandwidth_bytes_per_s: float | None = None
+    storage_read_bytes_per_s: float | None = None
+    bandwidth_share: float = 1.0
+    efficiency: float | None = None
+    backend: str = "cpu"
+    threads: int | None = None
+
+
+def build_basis(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides, corr: calibration.Correction | None = None,
+                records: list[dict[str, Any]] | None = None) -> tuple[Basis, SpeedBasis, int]:
+    """Returns (basis shown to the user, speed basis for the model, decode threads).
+
+    records: this device's stored measurements (default: loaded by the facts' fingerprint)."""
+    if facts is None and board is None and (ov.ram_bytes is None or ov.bandwidth_bytes_per_s is None):
+        raise BadInputError("no target, board or --ram/--bandwidth to plan for", "give --target, --board ID, or both --ram and --bandwidth")
+    if ov.backend not in BACKENDS:
+        raise BadInputError(f"unknown backend {ov.backend!r}", f"use one of {', '.join(BACKENDS)}")
+    dev_class = board.device_class if board else _device_class(facts)
+    if ov.backend != "cpu" and board is not None and ov.backend not in board.backends:
+        raise BadInputError(f"backend {ov.backend} is not usable on {board.id}", f"usable backends: {', '.join(board.backends)}")
+    if ov.backend != "cpu" and board is None and facts is not None and not _facts_have_backend(facts, ov.backend):
+        raise BadInputError(f"backend {ov.backend} is not usable on {facts.target} (the probe found no such llama.cpp backend)",
+                            "plan with --backend cpu, or install a llama-cpp-python built for it")
+    usable = _usable(facts, board, ov)
+    bw, bw_src = _bandwidth(facts, board, ov)
+    eta_default, overhead = DEFAULT_EFFICIENCY.get((dev_class, ov.backend), GPU_FALLBACK)
+    eff = ov.efficiency if ov.efficiency is not None else eta_default
+    eff_src = "--efficiency" if ov.efficiency is not None else f"default for {dev_class}/{ov.backend}"
+    factors = dict(QUANT_FACTORS) if ov.backend == "cpu" else {}
+    if records is None:
+        records = calibration.load(calibration.fingerprint(facts)) if facts is not None else []
+    fit = calibration.fit_device(records, eff, overhead, factors)
+    mem_offset = 0
+    if fit.records and ov.efficiency is None:
+        # family_factors are relative to the default eff; re-express them against the fitted one
+        new_eff = eff * fit.eta_scale
+        for t, f in fit.family_factors.items():
+            factors[t] = f * eff / new_eff
+        eff = new_eff
+        overhead = fit.overhead_s if fit.overhead_s is not None else overhead
+        mem_offset = fit.memory_offset_bytes
+        eff_src += f"; {fit.source}"
+    threads = ov.threads or (facts.cpu.recommended_threads if facts else board.big_cores if board else 4)
+    mhz = _max_mhz(facts, board) or DEFAULT_MHZ
+    isa = normalize_isa((facts.cpu.isa or facts.cpu.features) if facts else board.features if board else [])
+    wide = bool(isa & {"avx2", "avx512f", "dotprod", "i8mm", "sve"})
+    flops = threads * mhz * 1e6 * FLOPS_PER_CYCLE["wide" if wide else "narrow"]
+    storage = ov.storage_read_bytes_per_s or (facts.storage.read_bytes_per_s if facts else None) or (board.storage_read_bytes_per_s if board else None)
+    basis = Basis(
+        usable_memory_bytes=usable, bandwidth_bytes_per_s=bw, efficiency=round(eff, 4), bandwidth_source=bw_src,
+        efficiency_source=eff_src, per_token_overhead_s=overhead, compute_flops_per_s=flops, storage_read_bytes_per_s=storage,
+        backend=ov.backend, device_class=dev_class, memory_offset_bytes=mem_offset,
+    )
+    speed = SpeedBasis(bw, eff, flops, overhead, storage, tuple(sorted(factors.items())), isa=isa, backend=ov.backend,
+                       per_layer_overhead_s=PER_LAYER_OVERHEAD_S if ov.backend == "cpu" else 0.0,
+                       memory_offset_bytes=mem_offset)
+    return basis, speed, threads
+
+
+def _usable(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides) -> int:
+    if ov.ram_bytes is not None:
+        return int(ov.ram_bytes * 0.9)
+    if facts is not None:
+        return facts.memory.usable_bytes
+    assert board is not None
+    return int(board.ram_bytes * 0.8)  # OS, desktop and caches: a board database has no MemAvailable
+
+
+def _bandwidth(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides) -> tuple[float, str]:
+    gpu_unified = ov.backend in ("cuda", "metal", "vulkan") and board is not None and board.device_class in UNIFIED_MEMORY_CLASSES
+    if ov.bandwidth_bytes_per_s is not None:
+        bw, src = ov.bandwidth_bytes_per_s, "--bandwidth"
+    elif gpu_unified and board is not None:
+        # the GPU reaches the memory controller's bandwidth; a CPU read probe does not show it
+        bw, src = board.peak_bandwidth_bytes_per_s * 0.7, f"board database {board.id}: 70% of peak for the {ov.backend} GPU ({board.source})"
+    elif facts is not None and facts.bandwidth.read_bytes_per_s:
+        bw, src = facts.bandwidth.read_bytes_per_s, f"measured on the target ({facts.bandwidth.method})"
+    elif board is not None and board.measured_read_bytes_per_s:
+        bw, src = board.measured_read_bytes_per_s, f"board database {board.id}: measured read ({board.source})"
+    elif board is not None:
+        bw, src = board.peak_bandwidth_bytes_per_s * 0.7, f"board database {board.id}: 70% of peak ({board.source})"
+    else:
+        raise BadInputError("no memory bandwidth known for this target", "run a full probe (without --quick), or give --board or --bandwidth")
+    if ov.bandwidth_share != 1.0:
+        bw *= ov.bandwidth_share
+        src += f" x share {ov.bandwidth_share:g}"
+    return bw, src
+
+
+def _facts_have_backend(facts: HostFacts, backend: str) -> bool:
+    names = {b.lower() for b in facts.runtime.llama_cpp_backends}
+    return not names or any(backend in n for n in names)  # unknown (quick probe): do not refuse
+
+
+def _device_class(facts: HostFacts | None) -> str:
+    if facts is not None and facts.os.kind == "android":
+        return "phone-cpu"
+    if facts is not None and facts.os.kind == "darwin":
+        return "apple-silicon"
+    if facts is not None and (facts.cpu.arch or "").startswith(("aarch64", "arm")):
+        return "sbc-cpu"
+    return "x86-cpu"
+
+
+def _max_mhz(facts: HostFacts | None, board: BoardSpec | None) -> float | None:
+    if facts is not None:
+        freqs = [c.max_mhz for c in facts.cpu.clusters if c.max_mhz]
+        if freqs:
+            return max(freqs)
+    return board.max_mhz if board else None
+
+
+def build_options(
+    catalog: dict[str, ModelEntry], sources: dict[tuple[str, str], WheelSource], *, models: tuple[str, ...] = (),
+    quants: tuple[str, ...] = (), paths: tuple[Path, ...] = (),
+) -> list[Option]:
+    """Every (model, quant) to consider: catalog quants plus locally cached derived files."""
+    wanted_q = tuple(check_quant(q) for q in quants)
+    options: list[Option] = []
+    for p in paths:
+        entry = entry_from_gguf(p)
+        q = next(iter(entry.quants))
+        options.append(Option(entry, q, entry.quants[q].file_bytes, "local file", entry.local))
+    ids = [lookup(catalog, m).id for m in models] if models else ([] if paths else list(catalog))
+    for mid in ids:
+        entry = catalog[mid]
+        qnames = set(entry.quants)
+        cache_dir = cached_path(mid, "X").parent
+        if cache_dir.is_dir():
+            qnames |= {f.stem for f in cache_dir.glob("*.gguf")}
+        qnames |= {q for (m, q) in sources if m == mid}
+        for q in sorted(qnames):
+            if wanted_q and q not in wanted_q:
+                continue
+            how = availability(entry, q, sources)
+            local = read_gguf(cached_path(mid, q)) if how == "cached" else None
+            qe = entry.quants.get(q)
+            src = sources.get((mid, q))
+            size = local.size_bytes if local else (src.file_bytes if src and src.file_bytes else qe.file_bytes if qe else None)
+            options.append(Option(entry, q, size, how, local))
+    if wanted_q and not options:
+        raise BadInputError(f"no candidate has quant {', '.join(wanted_q)}", "drop --quant or pick another")
+    return options

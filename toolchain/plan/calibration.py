@@ -1,0 +1,214 @@
+"""Every measurement on a device is stored; the next plan for that device is fitted to them.
+
+Records live in <data dir>/calibration.jsonl, keyed by a device fingerprint. Each holds what
+the runner measured (decode seconds per token, peak RSS) beside what the plan assumed (bytes
+per token, bandwidth, quant). fit_device turns a device's records into its own decode
+efficiency, per-token overhead and per-quant-family factors, so the first plan of a device
+uses the defaults and later plans converge on what it does. fit_published derives the
+defaults per device class from published-benchmarks.csv.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from toolchain.core.nouns import HostFacts
+from toolchain.core.paths import data_dir
+
+MAX_RECORDS = 50  # per fingerprint: recent behaviour wins over old firmware/kernels
+RIDGE = 0.01  # pull toward the defaults: a 100 % change of one eta costs what 10 % error on one record does
+
+
+@dataclass(frozen=True)
+class Correction:
+    factor: float  # multiply predicted decode time by this
+    records: int
+    source: str
+
+
+@dataclass(frozen=True)
+class DeviceFit:
+    """Fitted on one device's measurements: family_factors[t] x the default efficiency is the
+    efficiency of ggml type t there, overhead_s the per-token overhead; eta_scale summarises."""
+
+    eta_scale: float = 1.0
+    overhead_s: float | None = None  # None: keep the default
+    family_factors: dict[str, float] = field(default_factory=dict)
+    memory_offset_bytes: int = 0  # median measured - predicted peak RSS
+    records: int = 0
+    source: str = "default (no measurements of this device yet)"
+
+
+def fingerprint(facts: HostFacts) -> str:
+    name = facts.board.model or facts.board.android_model or facts.cpu.model_name or "unknown"
+    gib = round(facts.memory.total_bytes / (1 << 30))
+    return f"{name}|{facts.cpu.arch}|{facts.cpu.cores}c|{gib}GiB"
+
+
+def store_path() -> Path:
+    return data_dir() / "calibration.jsonl"
+
+
+def record(fp: str, data: dict[str, Any], path: Path | None = None) -> None:
+    path = path or store_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps({"fingerprint": fp, "time": time.time(), **data}, sort_keys=True) + "\n")
+
+
+def load(fp: str, path: Path | None = None) -> list[dict[str, Any]]:
+    path = path or store_path()
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            item = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(item, dict) and item.get("fingerprint") == fp:
+            out.append(item)
+    return out[-MAX_RECORDS:]
+
+
+def correction(records: list[dict[str, Any]]) -> Correction:
+    """The median measured/predicted decode-time ratio (kept for reports; plans use fit_device)."""
+    ratios = [
+        float(r["measured_decode_s"]) / float(r["predicted_decode_s"])
+        for r in records
+        if r.get("predicted_decode_s") and r.get("measured_decode_s") and r.get("uncorrected", True)
+    ]
+    if not ratios:
+        return Correction(1.0, 0, "default (no measurements of this device yet)")
+    f = statistics.median(ratios)
+    return Correction(f, len(ratios), f"fitted from {len(ratios)} measurement(s) on this device (x{f:.2f})")
+
+
+def family_of(quant: str) -> str:
+    """The kernel family of a file type name (Q4_K_M -> Q4_K)."""
+    q = quant.upper()
+    for suffix in ("_M", "_S", "_L"):
+        if q.endswith(suffix) and q[:-2] in ("Q2_K", "Q3_K", "Q4_K", "Q5_K"):
+            return q[:-2]
+    return q
+
+
+def fit_device(records: list[dict[str, Any]], eta: float, overhead_s: float,
+               quant_factors: dict[str, float] | None = None, ridge: float = RIDGE) -> DeviceFit:
+    """Seconds per token = sum over ggml types of bytes_t / (bandwidth x eta_t) + overhead, fitted
+    to this device's measurements by least squares on relative error, each eta_t and the overhead
+    pulled toward the defaults (ridge), so a device with one or two records moves only as far as
+    they show and a type it never ran keeps its default. Records without a per-type split count
+    their bytes under their kernel family."""
+    import numpy as np
+
+    qf = quant_factors or {}
+    pts: list[tuple[dict[str, float], float]] = []
+    mem: list[float] = []
+    for r in records:
+        try:
+            y, bpt, bw = float(r["measured_decode_s"]), float(r["bytes_per_token"]), float(r["bandwidth_bytes_per_s"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if y <= 0 or bpt <= 0 or bw <= 0:
+            continue
+        by_type = r.get("bytes_by_type") or {str(r.get("family") or family_of(str(r.get("quant", "")))): bpt}
+        pts.append(({str(t): float(b) / bw for t, b in by_type.items() if float(b) > 0}, y))
+        if r.get("measured_peak_bytes") and r.get("predicted_peak_bytes"):
+            mem.append(float(r["measured_peak_bytes"]) - float(r["predicted_peak_bytes"]))
+    if not pts:
+        return DeviceFit()
+    types = sorted({t for z, _ in pts for t in z})
+    prior = np.array([1.0 / (eta * qf.get(t, 1.0)) for t in types] + [overhead_s])
+    rows, rhs = [], []
+    for z, y in pts:  # relative residuals: a 2 ms model and a 2 s model weigh alike
+        rows.append([z.get(t, 0.0) / y for t in types] + [1.0 / y])
+        rhs.append(1.0)
+    ridge = np.sqrt(ridge)
+    scale = np.maximum(np.abs(prior), [1e-9] * len(types) + [0.01])  # the overhead: loosely, in 10 ms units
+    for j in range(len(prior)):
+        row = [0.0] * len(prior)
+        row[j] = ridge / scale[j]
+        rows.append(row)
+        rhs.append(ridge * prior[j] / scale[j])
+    theta = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)[0]
+    theta[:-1] = np.maximum(theta[:-1], 0.05 * prior[:-1])  # no type faster than 20x its default
+    over = max(float(theta[-1]), 0.0)
+    type_eta = {t: 1.0 / float(theta[i]) for i, t in enumerate(types)}
+    factors = {t: round(type_eta[t] / eta, 4) for t in types}
+    scale_med = statistics.median(type_eta[t] / (eta * qf.get(t, 1.0)) for t in types)
+    offset = int(statistics.median(mem)) if mem else 0
+    return DeviceFit(
+        eta_scale=round(scale_med, 4), overhead_s=round(over, 6), family_factors=factors, memory_offset_bytes=offset,
+        records=len(pts), source=f"fitted on {len(pts)} measurement(s) of this device: efficiency x{scale_med:.2f} "
+                                 f"(median over {len(types)} tensor types), overhead {over * 1000:.2f} ms/token",
+    )
+
+
+# --- defaults from published measurements -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishedFit:
+    device_class: str  # "sbc-cpu/cpu", "jetson/cuda", "apple-silicon/metal"
+    efficiency: float  # of the bandwidth the planner would use for such a board (measured read, else 0.7 x peak)
+    overhead_s: float
+    rows: int
+    median_abs_error: float  # of decode tok/s over those rows, with the fitted values
+    family_factors: dict[str, float]
+
+
+def _class_of(backend: str) -> str | None:
+    if "llama.cpp" not in backend and "ollama" not in backend and "yzma" not in backend:
+        return None
+    if "Metal" in backend:
+        return "apple-silicon/metal"
+    if "CUDA" in backend:
+        return "jetson/cuda"
+    if "CPU" in backend:
+        return "sbc-cpu/cpu"
+    return None
+
+
+def fit_published(path: Path) -> list[PublishedFit]:
+    """Per device class: decode seconds = file bytes / (bw * eta * family factor) + overhead,
+    least squares over the rows of published-benchmarks.csv that give a file size and tg."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            cls = _class_of(row.get("backend", ""))
+            try:
+                tg, size = float(row["tg_tps"]), float(row["file_gb"]) * 1e9
+            except (KeyError, ValueError):
+                continue
+            bw_m, bw_p = row.get("mem_bw_gbs_measured"), row.get("mem_bw_gbs_peak")
+            skip = ("swapping", "partial offload", "MoE")  # bytes per token is not the file size there
+            if cls is None or not (bw_m or bw_p) or any(k in row.get("backend", "") + row.get("model", "") for k in skip):
+                continue
+            bw = float(bw_m) * 1e9 if bw_m else 0.7 * float(bw_p or 0) * 1e9
+            quant = (row.get("quant") or "").split(" ")[0].replace("4-bit", "Q4_0")
+            groups[cls].append({"measured_decode_s": 1.0 / tg, "bytes_per_token": size, "bandwidth_bytes_per_s": bw,
+                                "quant": quant})
+    out = []
+    for cls, recs in sorted(groups.items()):
+        fit = fit_device(recs, 1.0, 0.01, ridge=1e-6)  # many rows: let them speak
+        # factors relative to the median family, so that eta is the typical family's efficiency
+        mid = statistics.median(fit.family_factors.values()) if fit.family_factors else 1.0
+        factors = {k: round(v / mid, 3) for k, v in fit.family_factors.items()} if len(fit.family_factors) > 1 else {}
+        eta = mid
+        oh = fit.overhead_s or 0.0
+        errs = []
+        for r in recs:
+            fam = family_of(r["quant"])
+            pred = r["bytes_per_token"] / (r["bandwidth_bytes_per_s"] * eta * factors.get(fam, 1.0)) + oh
+            errs.append(abs(pred - r["measured_decode_s"]) / pred)  # = relative error of tok/s
+        out.append(PublishedFit(cls, round(eta, 3), round(oh, 5), len(recs),
+                                round(statistics.median(errs), 4), factors))
+    return out

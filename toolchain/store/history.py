@@ -1,0 +1,206 @@
+"""Every lab run in a database: SQLite in the data directory by default, or PostgreSQL.
+
+SQLAlchemy Core for queries, Alembic for the schema (migrations/versions/), upgraded on open. The
+history answers two questions: what did this board do lately (regressions, trends) and how has it
+changed (`edgedeploy report --history`). The planner's per-board calibration keeps its own JSON
+lines store (calibration.py), which pipeline.ship writes for every board of a lab too: one source
+for the planner, the database only for CI history.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+
+from toolchain.core.errors import BadInputError, TargetError
+from toolchain.core.paths import data_dir
+from toolchain.store.schema import board_results, lab_runs
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    lab: str
+    source: str
+    started_at: datetime
+    finished_at: datetime
+    edgedeploy_version: str
+    exit_code: int
+    passed: bool
+    ci_job: str | None = None
+    run_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class BoardRecord:
+    board: str
+    measured_at: datetime
+    passed: bool
+    exit_code: int
+    labels: tuple[str, ...] = ()
+    target: str | None = None
+    failure_class: str | None = None
+    retries: int = 0
+    model: str | None = None
+    quant: str | None = None
+    gguf_sha256: str | None = None
+    llama_cpp: str | None = None
+    fingerprint: str | None = None
+    decode_tokens_per_s: float | None = None
+    predicted_decode_tokens_per_s: float | None = None
+    decode_ms_p50: float | None = None
+    ttft_ms: float | None = None
+    peak_rss_bytes: int | None = None
+    temperature_before_c: float | None = None
+    temperature_after_c: float | None = None
+    budget_ms: float | None = None
+    regression: bool = False
+    run_dir: str | None = None
+    run_id: int | None = field(default=None, compare=False)
+
+
+def default_url() -> str:
+    return os.environ.get("EDGEDEPLOY_HISTORY") or f"sqlite:///{data_dir() / 'history.sqlite'}"
+
+
+def normalize_url(url: str) -> str:
+    """postgresql:// means psycopg 3 here (SQLAlchemy would pick psycopg2, which is not installed)."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    if not url.startswith(("sqlite:", "postgresql+")):
+        raise BadInputError(f"history database {url!r} is neither sqlite:///PATH nor postgresql://...",
+                            "use sqlite:///path/history.sqlite or postgresql://user@host/db")
+    return url
+
+
+class History:
+    def __init__(self, url: str | None = None) -> None:
+        self.url = normalize_url(url or default_url())
+        parsed = sa.make_url(self.url)
+        self.display = parsed.render_as_string(hide_password=True)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        connect_args: dict[str, Any] = {}
+        if self.is_sqlite:
+            if parsed.database and parsed.database != ":memory:":
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            connect_args["timeout"] = 30  # concurrent lab runs wait for each other's writes
+        else:
+            connect_args["connect_timeout"] = 10
+        self.engine = sa.create_engine(self.url, connect_args=connect_args)
+        try:
+            self._migrate()
+        except sa.exc.OperationalError as exc:
+            self.engine.dispose()
+            raise TargetError(f"history database {self.display}: {str(exc.orig or exc).strip().splitlines()[0]}",
+                              "check the URL, that the server is up, and the credentials (--history)") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- schema -----------------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self._migration_lock(), self.engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Two lab jobs starting at once must not both create the tables.
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(b"edgedeploy-history")})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextlib.contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        db = sa.make_url(self.url).database if self.is_sqlite else None
+        if not db or db == ":memory:":
+            yield
+            return
+        with open(f"{db}.migrate-lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def revision(self) -> str | None:
+        from toolchain.store.schema import VERSION_TABLE
+
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+            return str(value) if value is not None else None
+
+    # --- writing ----------------------------------------------------------------------------
+
+    def record(self, run: RunRecord, boards: list[BoardRecord]) -> int:
+        with self.engine.begin() as conn:
+            key = conn.execute(lab_runs.insert().values(**asdict(run))).inserted_primary_key
+            assert key is not None
+            run_id = int(key[0])
+            if boards:
+                rows = [{**asdict(b), "labels": ",".join(b.labels), "run_id": run_id} for b in boards]
+                conn.execute(board_results.insert(), rows)
+        return run_id
+
+    # --- reading ----------------------------------------------------------------------------
+
+    def baseline(self, board: str, model: str | None, quant: str | None, limit: int = 10) -> list[float]:
+        """Decode tok/s of the board's recent passing runs of this model and quant, newest first."""
+        t = board_results
+        q = (sa.select(t.c.decode_tokens_per_s)
+             .where(t.c.board == board, t.c.model == model, t.c.quant == quant, t.c.passed.is_(True), t.c.decode_tokens_per_s.is_not(None))
+             .order_by(t.c.measured_at.desc(), t.c.id.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [float(x) for x in conn.execute(q).scalars()]
+
+    def results(self, board: str | None = None, since: datetime | None = None, boards: list[str] | None = None) -> list[BoardRecord]:
+        """Board results, oldest first."""
+        t = board_results
+        q = sa.select(t).order_by(t.c.measured_at, t.c.id)
+        if board is not None:
+            q = q.where(t.c.board == board)
+        if boards is not None:
+            q = q.where(t.c.board.in_(boards))
+        if since is not None:
+            q = q.where(t.c.measured_at >= since)
+        names = {f.name for f in fields(BoardRecord)}
+        out = []
+        with self.engine.connect() as conn:
+            for row in conn.execute(q).mappings():
+                data = {k: v for k, v in row.items() if k in names}
+                data["labels"] = tuple(x for x in (row["labels"] or "").split(",") if x)
+                data["measured_at"] = _aware(row["measured_at"])
+                out.append(BoardRecord(**data))
+        return out
+
+    def runs(self, since: datetime | None = None) -> list[RunRecord]:
+        q = sa.select(lab_runs).order_by(lab_runs.c.started_at, lab_runs.c.id)
+        if since is not None:
+            q = q.where(lab_runs.c.started_at >= since)
+        names = {f.name for f in fields(RunRecord)}
+        with self.engine.connect() as conn:
+            rows: list[dict[str, Any]] = [
+                {k: (_aware(v) if isinstance(v, datetime) else v) for k, v in row.items() if k in names} for row in conn.execute(q).mappings()]
+        return [RunRecord(**row) for row in rows]
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite hands timezone-aware columns back naive; everything stored is UTC."""
+    from datetime import UTC
+
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)

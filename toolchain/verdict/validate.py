@@ -1,0 +1,42 @@
+"""Measured vs predicted vs budget -> Verdict (pure)."""
+
+from __future__ import annotations
+
+from toolchain.core.nouns import Budget, Check, Selected, Telemetry, Verdict
+
+PREDICTION_TOLERANCE = 0.25  # relative; beyond this the prediction check warns
+
+
+def validate(
+    tel: Telemetry, sel: Selected, budget: Budget, *, usable_memory_bytes: int, shipped_sha256: str,
+    tolerance: float = PREDICTION_TOLERANCE, strict_prediction: bool = False,
+) -> Verdict:
+    decode_ms = 1000.0 / tel.decode_tokens_per_s if tel.decode_tokens_per_s > 0 else float("inf")
+    checks = [
+        Check("telemetry measured", tel.decode_tokens_per_s > 0 and tel.peak_rss_bytes > 0,
+              f"{tel.decode_tokens_per_s:.2f} tok/s, {tel.peak_rss_bytes} B", "> 0"),
+        Check("model integrity", tel.model_sha256 == shipped_sha256, tel.model_sha256, shipped_sha256,
+              "sha256 of the file the runner loaded vs the shipped file"),
+        Check("decode budget", decode_ms <= budget.decode_ms_per_token, round(decode_ms, 3), budget.decode_ms_per_token,
+              "mean decode ms/token"),
+        Check("fits memory", tel.peak_rss_bytes <= usable_memory_bytes, tel.peak_rss_bytes, usable_memory_bytes,
+              "peak RSS (VmHWM) vs usable memory"),
+    ]
+    if budget.ttft_ms is not None:
+        checks.append(Check("time to first token", tel.ttft_s * 1000.0 <= budget.ttft_ms, round(tel.ttft_s * 1000.0, 1), budget.ttft_ms))
+    pred = sel.predicted
+    sev = "error" if strict_prediction else "warning"
+    dec_err = abs(pred.decode_tokens_per_s - tel.decode_tokens_per_s) / tel.decode_tokens_per_s if tel.decode_tokens_per_s else 1.0
+    # The bench's VmHWM is compared with what the bench should show, not the full-context peak
+    # that decides fitting (older plans carry only the latter).
+    expected_rss = pred.bench_rss_bytes or pred.peak_memory_bytes
+    mem_err = abs(expected_rss - tel.peak_rss_bytes) / tel.peak_rss_bytes if tel.peak_rss_bytes else 1.0
+    checks.append(Check("prediction decode", dec_err <= tolerance, round(tel.decode_tokens_per_s, 3), round(pred.decode_tokens_per_s, 3),
+                        f"measured vs predicted tok/s: {dec_err:.0%} off (tolerance {tolerance:.0%})", sev))
+    checks.append(Check("prediction memory", mem_err <= tolerance, tel.peak_rss_bytes, expected_rss,
+                        f"measured vs predicted peak bytes: {mem_err:.0%} off (tolerance {tolerance:.0%})", sev))
+    return Verdict(passed=all(c.passed for c in checks if c.severity == "error"), checks=checks)
+
+
+def failed_run_verdict(reason: str) -> Verdict:
+    return Verdict(passed=False, checks=[Check("runner completed", False, reason, "exit 0 with a result")])
