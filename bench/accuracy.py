@@ -29,15 +29,16 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from toolchain import calibration  # noqa: E402
 from toolchain.core.nouns import Budget, HostFacts  # noqa: E402
 from toolchain.models.catalog import entry_from_gguf, load_catalog  # noqa: E402
+from toolchain.plan import calibration  # noqa: E402
 from toolchain.plan.basis import Overrides, build_basis  # noqa: E402
 from toolchain.plan.select import Option, PlanOptions, make_plan  # noqa: E402
 
@@ -191,7 +192,7 @@ def local_facts() -> HostFacts:
         return probe(t, spec, deploy_dir=str(Path.home()))
 
 
-def predict(path: Path, facts: HostFacts, records: list[dict[str, Any]]) -> Any:
+def predict(path: Path, facts: HostFacts, records: list[calibration.DeviceMeasurement]) -> Any:
     entry = entry_from_gguf(path)
     q = next(iter(entry.quants))
     basis, speed, threads = build_basis(facts, None, Overrides(), records=records)
@@ -202,13 +203,16 @@ def predict(path: Path, facts: HostFacts, records: list[dict[str, Any]]) -> Any:
     return plan.selected
 
 
-def record_of(case: Case, facts: HostFacts) -> dict[str, Any]:
+def record_of(case: Case, facts: HostFacts) -> calibration.DeviceMeasurement:
+    """The measurement as a shipped run stores it (case.pred is on the default basis already)."""
     assert case.meas is not None and case.pred is not None
     p = case.pred.predicted
-    return {"model": case.name, "quant": case.pred.quant, "family": p.kernel_family, "bytes_by_type": p.bytes_by_type,
-            "measured_decode_s": case.meas["median_s"], "bytes_per_token": p.bytes_per_token,
-            "bandwidth_bytes_per_s": facts.bandwidth.read_bytes_per_s,
-            "measured_peak_bytes": case.meas["peak_rss_bytes"], "predicted_peak_bytes": p.bench_rss_bytes}
+    return calibration.DeviceMeasurement(
+        fingerprint=calibration.fingerprint(facts), measured_at=datetime.now(UTC), model=case.name, quant=case.pred.quant,
+        threads=case.pred.threads, ctx=case.pred.ctx, predicted_decode_s=p.decode_ms_per_token / 1000.0,
+        measured_decode_s=case.meas["median_s"], bytes_per_token=p.bytes_per_token,
+        bandwidth_bytes_per_s=facts.bandwidth.read_bytes_per_s or 0.0, family=p.kernel_family, bytes_by_type=p.bytes_by_type,
+        measured_peak_bytes=case.meas["peak_rss_bytes"], predicted_peak_bytes=p.bench_rss_bytes)
 
 
 def err(pred: float, meas: float) -> float:

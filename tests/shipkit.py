@@ -6,9 +6,33 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from dataclasses import dataclass
+from typing import Any
+
+from toolchain.core.events import NullEvents
 from toolchain.core.nouns import Basis, Budget, Bundle, Plan, Prediction, Selected, TargetSpec
 from toolchain.deploy.package import package
-from toolchain.deploy.pipeline import cached_sha256
+from toolchain.deploy.pipeline import DeployRequest, cached_sha256, ship
+from toolchain.verdict.report import Report, ShipFailed
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """A ship's outcome as the CLI sees it: exit code, report.json document, run directory."""
+
+    exit_code: int
+    report: dict[str, Any]
+    run_dir: Path
+    value: Report
+
+
+def ship_request(request: DeployRequest) -> Shipped:
+    """pipeline.ship (it opens the connection: tests patch toolchain.transports.factory.connect)."""
+    try:
+        report, code = ship(request, NullEvents()), 0
+    except ShipFailed as failed:
+        report, code = failed.report, failed.exit_code
+    return Shipped(code, report.document(), Path(report.run_dir), report)
 
 
 def host_board_dir(base: Path, name: str = "this-host") -> Path:

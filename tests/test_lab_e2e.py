@@ -25,7 +25,7 @@ from toolchain.core.errors import EXIT_TARGET
 from toolchain.core.nouns import Budget, TargetSpec
 from toolchain.core.paths import cache_dir
 from toolchain.core.serde import to_json_dict
-from toolchain.deploy.pipeline import PlanRequest, plan_for
+from toolchain.plan.request import PlanRequest, plan_for
 from toolchain.fleet.inventory import load_lab
 from toolchain.fleet.job import run_lab
 from toolchain.fleet.locks import LOCK_NAME, BoardLock

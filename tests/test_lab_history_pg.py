@@ -18,7 +18,8 @@ import pytest
 
 from toolchain.fleet.inventory import load_lab
 from toolchain.fleet.job import run_lab
-from toolchain.store.history import BoardRecord, History, RunRecord
+from toolchain.store.history import BoardRecord, DeviceMeasurement, History, RunRecord
+from toolchain.store.schema import HEAD_REVISION
 
 SETUP_HINT = "run scripts/setup.sh --test (it installs postgresql), or: apt-get install -y postgresql"
 
@@ -60,7 +61,7 @@ def postgres_url() -> Iterator[str]:
 def test_postgres_history_roundtrip(postgres_url: str) -> None:
     t0 = datetime(2025, 6, 1, 12, tzinfo=UTC)
     with History(postgres_url) as h:
-        assert h.revision() == "0001" and h.display.startswith("postgresql+psycopg://postgres@127.0.0.1")
+        assert h.revision() == HEAD_REVISION and h.display.startswith("postgresql+psycopg://postgres@127.0.0.1")
         for i, tps in enumerate([20.0, 20.4, 19.6]):
             at = t0 + timedelta(days=i)
             run_id = h.record(RunRecord("pg", "lab.yaml", at, at + timedelta(minutes=3), "0.1.0", 0, True, ci_job="99"), [
@@ -68,7 +69,7 @@ def test_postgres_history_roundtrip(postgres_url: str) -> None:
                             peak_rss_bytes=5 << 30, gguf_sha256="ab" * 32, temperature_after_c=61.5),
                 BoardRecord("gone", at, False, 3, failure_class="infrastructure", retries=2)])
     with History(postgres_url) as h:  # a second open finds the schema current (no re-migration)
-        assert h.revision() == "0001"
+        assert h.revision() == HEAD_REVISION
         assert h.baseline("pi", "m", "Q4_1") == [19.6, 20.4, 20.0]  # newest first, passing runs only
         recs = h.results(board="pi")
         assert [r.decode_tokens_per_s for r in recs] == [20.0, 20.4, 19.6]
@@ -84,8 +85,21 @@ def test_lab_run_stores_into_postgres(postgres_url: str, tmp_path: Path) -> None
     lab.write_text(f"name: pg-lab\nboards:\n  here: {{target: local, deploy_dir: {tmp_path / 'deploy'}}}\n")
     from tests.test_lab_local import FakeShip
 
-    result = run_lab(load_lab(lab), history_url=postgres_url, ship_fn=FakeShip({"here": 25.0}))
+    result = run_lab(load_lab(lab), history_url=postgres_url, deploy_fn=FakeShip({"here": 25.0}))
     assert result.exit_code == 0 and result.doc["history"]["url"].startswith("postgresql+psycopg://")
     with History(postgres_url) as h:
         (rec,) = h.results(board="here")
     assert rec.passed and rec.decode_tokens_per_s == 25.0 and rec.run_id == result.doc["history"]["run_id"]
+
+
+def test_device_measurements_in_postgres(postgres_url: str) -> None:
+    """The planner's calibration in the same database: JSON and 64-bit columns round-trip."""
+    at = datetime(2025, 6, 2, 8, tzinfo=UTC)
+    m = DeviceMeasurement("Raspberry Pi 5|aarch64|4c|8GiB", at, "m", "Q4_K_M", measured_decode_s=0.05, bytes_per_token=6 << 30,
+                          bandwidth_bytes_per_s=11.6e9, threads=4, ctx=4096, predicted_decode_s=0.045,
+                          predicted_peak_bytes=7 << 30, measured_peak_bytes=(7 << 30) + 1, family="Q4_K",
+                          bytes_by_type={"Q4_K": 5 << 30, "Q6_K": 1 << 30})
+    with History(postgres_url) as h:
+        h.add_measurements([m, DeviceMeasurement("other", at, "m", "Q8_0", 0.1, 10**9, 11.6e9)])
+        assert h.measurements(m.fingerprint) == [m]
+        assert [x.quant for x in h.measurements("other", limit=1)] == ["Q8_0"]

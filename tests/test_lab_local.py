@@ -1,5 +1,5 @@
 """The lab runner on `local` boards (this machine through LocalTransport: real locks, real
-history, real reports) with a stand-in for pipeline.ship where a test needs a scripted board:
+history, real reports) with a stand-in for pipeline.deploy where a test needs a scripted board:
 a flaky link, a hung stage, a slowed-down board. tests/test_lab_e2e.py runs the real pipeline."""
 
 from __future__ import annotations
@@ -17,13 +17,17 @@ import jsonschema
 import xmlschema
 
 from tests.conftest import REPO
-from toolchain.core.errors import EXIT_OK, EXIT_TARGET, EXIT_VALIDATION, TargetError
-from toolchain.core.nouns import TargetSpec
-from toolchain.deploy.pipeline import PlanRequest, ShipResult, StageFn
+from toolchain.core.errors import EXIT_TARGET, EXIT_VALIDATION, TargetError
+from toolchain.core.events import Events
+from toolchain.core.nouns import Plan, Release, Telemetry, Verdict
+from toolchain.core.serde import from_dict
+from toolchain.deploy.pipeline import DeployRequest
 from toolchain.fleet.inventory import load_lab
 from toolchain.fleet.job import run_lab
+from toolchain.fleet.scheduler import DeployFn
 from toolchain.store.history import BoardRecord, History, RunRecord
-from toolchain.verdict.report import new_run_dir
+from toolchain.transports.base import Transport
+from toolchain.verdict.report import Report, ShipFailed, VerdictFailed
 
 JUNIT_XSD = REPO / "tests" / "fixtures" / "junit" / "junit-10.xsd"
 REPORT_SCHEMA = REPO / "docs" / "lab-report.schema.json"
@@ -40,7 +44,7 @@ def lab_file(tmp_path: Path, boards: list[str], extra: str = "") -> Path:
 
 
 class FakeShip:
-    """Stands in for pipeline.ship: walks the stages, writes a run dir, reports scripted telemetry."""
+    """Stands in for pipeline.deploy: walks the stages, writes a run dir, reports scripted telemetry."""
 
     def __init__(self, tps: dict[str, float], *, fail_first: dict[str, int] | None = None, hang: dict[str, float] | None = None) -> None:
         self.tps = tps
@@ -48,40 +52,44 @@ class FakeShip:
         self.hang = hang or {}
         self.calls: dict[str, int] = {}
 
-    def __call__(self, spec: TargetSpec, req: PlanRequest, *, on_stage: StageFn | None = None, **_: Any) -> ShipResult:
-        assert on_stage is not None
-        run_dir = new_run_dir(spec.name)
+    def __call__(self, transport: Transport, request: DeployRequest, events: Events, run_dir: Path) -> Report:
+        spec, req = request.target, request.plan
         self.calls[spec.name] = self.calls.get(spec.name, 0) + 1
-        for stage in ("connect", "probe", "plan", "package", "transfer", "run"):
-            on_stage(stage, run_dir)
+        for stage in ("probe", "plan", "package", "transfer", "run"):
+            events.stage(stage)
             if stage == "run" and spec.name in self.hang:
                 time.sleep(self.hang[spec.name])
             if stage == "transfer" and self.fail_first.get(spec.name, 0) >= self.calls[spec.name]:
                 raise TargetError(f"{spec.name}: connection lost while a command ran", "check the network")
-        on_stage("validate", run_dir)
+        events.stage("validate")
         tps = self.tps[spec.name]
         ok = 1000.0 / tps <= req.budget.decode_ms_per_token
-        report = {
-            "target": spec.name, "release": {"model_sha256": SHA},
-            "plan": {"selected": {"model": "smollm2-135m-instruct", "quant": "Q4_1",
-                                  "predicted": {"decode_tokens_per_s": 20.0, "peak_memory_bytes": 400 << 20}},
-                     "budget": {"decode_ms_per_token": req.budget.decode_ms_per_token, "ttft_ms": None}},
-            "telemetry": {"decode_tokens_per_s": tps, "decode_ms_p50": 1000 / tps, "decode_ms_p90": 1100 / tps, "decode_ms_p99": 1200 / tps,
-                          "ttft_s": 0.2, "peak_rss_bytes": 300 << 20, "llama_cpp": "0.3.36", "model_sha256": SHA,
-                          "temperature_before_c": 41.0, "temperature_after_c": 47.5,
-                          "extra": {"latencies_ms": [1000 / tps * (1 + 0.05 * (i % 7)) for i in range(60)]}},
-            "verdict": {"passed": ok, "checks": [
-                {"name": "fits memory", "passed": True, "observed": 300 << 20, "limit": 4 << 30, "detail": "", "severity": "error"},
-                {"name": "decode budget", "passed": ok, "observed": 1000 / tps, "limit": req.budget.decode_ms_per_token, "detail": "", "severity": "error"},
-                {"name": "prediction decode", "passed": False, "observed": tps, "limit": 20.0, "detail": "off", "severity": "warning"}]},
-        }
-        (run_dir / "report.json").write_text(json.dumps(report))  # (no report.md: the real one needs a whole plan)
+        pred = {"decode_tokens_per_s": 20.0, "decode_ms_per_token": 50.0, "prefill_tokens_per_s": 200.0, "peak_memory_bytes": 400 << 20}
+        plan = {"selected": {"model": "smollm2-135m-instruct", "quant": "Q4_1", "params": 134_515_008, "file_bytes": 100 << 20, "ctx": 512,
+                             "kv_type": "f16", "threads": 2, "mode": "resident", "predicted": pred},
+                "candidates": [], "basis": {"usable_memory_bytes": 4 << 30, "bandwidth_bytes_per_s": 10e9, "efficiency": 0.8},
+                "budget": {"decode_ms_per_token": req.budget.decode_ms_per_token, "ttft_ms": None}}
+        telemetry = {"load_s": 0.5, "ttft_s": 0.2, "prefill_tokens_per_s": 200.0, "decode_tokens_per_s": tps, "decode_ms_p50": 1000 / tps,
+                     "decode_ms_p90": 1100 / tps, "decode_ms_p99": 1200 / tps, "peak_rss_bytes": 300 << 20, "llama_cpp": "0.3.36",
+                     "threads": 2, "ctx": 512, "model_sha256": SHA, "temperature_before_c": 41.0, "temperature_after_c": 47.5,
+                     "extra": {"latencies_ms": [1000 / tps * (1 + 0.05 * (i % 7)) for i in range(60)]}}
+        release = {"id": "r1", "deploy_root": "/d", "path": "/d/releases/r1", "model_path": "/d/models/x.gguf", "model_sha256": SHA,
+                   "model_bytes_sent": 0, "model_already_present": True}
+        verdict = {"passed": ok, "checks": [
+            {"name": "fits memory", "passed": True, "observed": 300 << 20, "limit": 4 << 30, "detail": "", "severity": "error"},
+            {"name": "decode budget", "passed": ok, "observed": 1000 / tps, "limit": req.budget.decode_ms_per_token, "detail": "", "severity": "error"},
+            {"name": "prediction decode", "passed": False, "observed": tps, "limit": 20.0, "detail": "off", "severity": "warning"}]}
+        report = Report(target=spec.name, run_dir=str(run_dir), verdict=from_dict(Verdict, verdict), plan=from_dict(Plan, plan),
+                        release=from_dict(Release, release), telemetry=from_dict(Telemetry, telemetry))
+        (run_dir / "report.json").write_text(json.dumps(report.document()))  # (no real report.md: a scripted board)
         (run_dir / "report.md").write_text(f"# {spec.name}\n")
-        return ShipResult(report, EXIT_OK if ok else EXIT_VALIDATION, run_dir)
+        if not ok:
+            raise ShipFailed(VerdictFailed("validation failed: decode budget", "see report.md"), report)
+        return report
 
 
-def run(tmp_path: Path, boards: list[str], ship: Callable[..., ShipResult], extra: str = "", **kw: Any) -> Any:
-    return run_lab(load_lab(lab_file(tmp_path, boards, extra)), history_url=f"sqlite:///{tmp_path / 'history.sqlite'}", ship_fn=ship, **kw)
+def run(tmp_path: Path, boards: list[str], ship: DeployFn, extra: str = "", **kw: Any) -> Any:
+    return run_lab(load_lab(lab_file(tmp_path, boards, extra)), history_url=f"sqlite:///{tmp_path / 'history.sqlite'}", deploy_fn=ship, **kw)
 
 
 def test_retried_infrastructure_failure_passes_after_retries_and_reports_validate(tmp_path: Path, monkeypatch: Any) -> None:
@@ -149,7 +157,7 @@ def test_two_lab_runs_on_one_board_take_turns(tmp_path: Path) -> None:
     results: list[Any] = []
 
     def one() -> None:
-        results.append(run_lab(lab, history_url=f"sqlite:///{tmp_path / 'history.sqlite'}", ship_fn=ship))
+        results.append(run_lab(lab, history_url=f"sqlite:///{tmp_path / 'history.sqlite'}", deploy_fn=ship))
 
     runs = [threading.Thread(target=one) for _ in range(2)]
     for t in runs:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -83,9 +84,11 @@ def test_stored_measurements_refine_the_next_plan() -> None:
     b0, _, _ = basis(None, ram_bytes=8 * 10**9, bandwidth_bytes_per_s=10e9)
     # a device that decodes twice as slowly as the default predicts, with a 3 ms overhead
     eta = b0.efficiency
-    recs = [{"measured_decode_s": 2 * n / (10e9 * eta) + 0.003, "bytes_per_token": n, "bandwidth_bytes_per_s": 10e9,
-             "quant": "Q8_0", "measured_peak_bytes": 1_100_000_000, "predicted_peak_bytes": 1_000_000_000}
-            for n in (2e8, 5e8, 1e9, 2e9)]
+    at = datetime(2025, 6, 1, tzinfo=UTC)
+    recs = [calibration.DeviceMeasurement("dev", at, "m", "Q8_0", measured_decode_s=2 * n / (10e9 * eta) + 0.003,
+                                          bytes_per_token=n, bandwidth_bytes_per_s=10e9, measured_peak_bytes=1_100_000_000,
+                                          predicted_peak_bytes=1_000_000_000)
+            for n in (200_000_000, 500_000_000, 1_000_000_000, 2_000_000_000)]
     fit = calibration.fit_device(recs, eta, 0.0015)  # the ridge keeps it a little toward the default
     assert fit.eta_scale == pytest.approx(0.5, rel=0.06) and fit.overhead_s == pytest.approx(0.003, rel=0.3)
     assert fit.memory_offset_bytes == 100_000_000 and fit.records == 4

@@ -42,7 +42,7 @@ def test_wheelhouse_provisions_a_board_of_this_machines_kind(
     wheelhouse = tmp_path / "wheelhouse"
     monkeypatch.setenv("EDGEDEPLOY_WHEELHOUSE", str(wheelhouse))
     board = ssh_board_factory(host_board_dir(tmp_path))
-    monkeypatch.setattr("toolchain.deploy.pipeline.connect", connect_to(board))
+    monkeypatch.setattr("toolchain.transports.factory.connect", connect_to(board))
     t = SshTransport(ssh_spec(board), ssh_config_path=str(board.ssh_config_path))
     before = inspect_python(t, bare_python)
     assert before is not None and before.llama_cpp is None and before.key == host_runtime().key

@@ -1,4 +1,4 @@
-"""The on-device runner (templates/runner.py.j2) and the host's reading of its outcome.
+"""The on-device runner (toolchain/device/runner.py, as a bundle carries it) and the host's reading of its outcome.
 
 Real llama-cpp-python on this machine for the decode loop; pure functions for the failure
 classification; a fake board for the reboot detection.
@@ -24,9 +24,11 @@ from toolchain.transports.local import LocalTransport
 
 
 def load_runner(bundle_root: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("edgedeploy_runner_under_test", bundle_root / "runner.py")
+    name = "edgedeploy_runner_under_test"
+    spec = importlib.util.spec_from_file_location(name, bundle_root / "runner.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -39,10 +41,9 @@ def bundle(smollm2_gguf: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def test_greedy_decode_on_raw_logits_continues_the_prompt(bundle: Path) -> None:
     """The decode loop reads logits through llama.cpp's C API (Llama.scores is not filled any more)."""
     runner = load_runner(bundle)
-    import llama_cpp
-
-    llm = runner.load(llama_cpp)
-    dec = runner.Decoder(llama_cpp, llm)
+    settings = runner.read_settings()  # the bundle's settings.json
+    llm = runner.load(settings)
+    dec = runner.Decoder(llm, settings.n_batch)
     tokens = llm.tokenize(b"The capital of France is", add_bos=True)
     out = [dec.prefill(tokens)]
     for _ in range(5):
@@ -75,7 +76,7 @@ def test_pi5_pmic_and_tegrastats_power_parsing(bundle: Path, tmp_path: Path, mon
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     runner = load_runner(bundle)
     src = runner.pmic_source()
-    assert src is not None and src["watts"]() == pytest.approx(0.1 * 3.7 + 2.0 * 0.8)
+    assert src is not None and src.watts is not None and src.watts() == pytest.approx(0.1 * 3.7 + 2.0 * 0.8)
 
 
 def test_energy_integrates_samples_over_decode_windows(bundle: Path) -> None:

@@ -23,11 +23,12 @@ from typing import Any
 import pytest
 
 from tests.boards.sshd import SshBoard
-from tests.shipkit import bundle_for, host_board_dir, smollm2_plan, ssh_spec
+from tests.shipkit import bundle_for, host_board_dir, ship_request, smollm2_plan, ssh_spec
 from toolchain.core.errors import TargetError
 from toolchain.core.nouns import Budget
 from toolchain.core.serde import to_json_dict
-from toolchain.deploy.pipeline import DeployOptions, PlanRequest, ship
+from toolchain.deploy.pipeline import DeployOptions, DeployRequest
+from toolchain.plan.request import PlanRequest
 from toolchain.deploy.releases import Shipper
 from toolchain.deploy.serve import ServeOptions, Server
 from toolchain.deploy.status import deployment_status
@@ -59,8 +60,8 @@ def ship_plan(board: SshBoard, tmp_path: Path, gguf: Path, deploy: Path, *, name
     plan_file = tmp_path / name
     plan_file.write_text(json.dumps(to_json_dict(smollm2_plan(gguf, budget_ms=budget_ms, **plan_kw))))
     req = PlanRequest(budget=Budget(budget_ms), budget_given=False, plan_file=plan_file)
-    return ship(ssh_spec(board, python=python), req, deploy_dir=str(deploy), quick_probe=True, force=force,
-                deploy=options or DeployOptions())
+    return ship_request(DeployRequest(ssh_spec(board, python=python), req, deploy_dir=str(deploy), quick_probe=True, force=force,
+                                      options=options or DeployOptions()))
 
 
 # --- transfer -------------------------------------------------------------------------------
@@ -184,7 +185,7 @@ def test_ship_twice_then_oom_keeps_the_previous_release(
     board = ssh_board_factory(host_board_dir(tmp_path), memory_limit_bytes=2560 << 20)
     if not board.memory_limit_applied:
         pytest.fail("no writable memory cgroup here (needs cgroup v1 memory or v2 with the memory controller, as root)")
-    monkeypatch.setattr("toolchain.deploy.pipeline.connect", connect_to(board))
+    monkeypatch.setattr("toolchain.transports.factory.connect", connect_to(board))
     deploy = tmp_path / "deploy"
     first = ship_plan(board, tmp_path, smollm2_gguf, deploy, ctx=256)
     assert first.exit_code == 0, first.report.get("error")
@@ -197,15 +198,15 @@ def test_ship_twice_then_oom_keeps_the_previous_release(
 
     # A 32k context (~750 MB of KV cache) plus ~650 MB of compute buffers fits the board as planned and dry-loaded (2.5 GB); then
     # something else takes memory (the cgroup shrinks to 450 MB) before the bench runs.
-    from toolchain.deploy import pipeline
+    from toolchain.deploy import run as run_stage
 
-    real_run_bench = pipeline.run_bench
+    real_run_bench = run_stage.run_bench
 
     def squeezed(*args: Any, **kw: Any) -> Any:
         set_memory_limit(board, 450 << 20)
         return real_run_bench(*args, **kw)
 
-    monkeypatch.setattr(pipeline, "run_bench", squeezed)
+    monkeypatch.setattr(run_stage, "run_bench", squeezed)
     oom = ship_plan(board, tmp_path, smollm2_gguf, deploy, name="big.json", ctx=32768)
     assert oom.exit_code == 5, oom.report
     assert oom.report["failure_kind"] == "oom" and "out of memory" in oom.report["error"]
@@ -217,7 +218,7 @@ def test_ship_twice_then_oom_keeps_the_previous_release(
 def test_serve_mode_answers_a_completion_over_http(board: SshBoard, smollm2_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import llama_cpp.server.app  # noqa: F401  (the [server] extra is a dependency: fail, never skip)
 
-    monkeypatch.setattr("toolchain.deploy.pipeline.connect", connect_to(board))
+    monkeypatch.setattr("toolchain.transports.factory.connect", connect_to(board))
     port = free_port()
     deploy = tmp_path / "deploy"
     res = ship_plan(board, tmp_path, smollm2_gguf, deploy, ctx=512,
@@ -257,7 +258,7 @@ def free_port() -> int:
 
 def test_telemetry_on_an_emulated_pi_reads_its_sensors(rpi4_board: SshBoard, smollm2_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The Pi 4 overlay's thermal zone and vcgencmd reach the runner's telemetry (sustained mode, 1 s)."""
-    monkeypatch.setattr("toolchain.deploy.pipeline.connect", connect_to(rpi4_board))
+    monkeypatch.setattr("toolchain.transports.factory.connect", connect_to(rpi4_board))
     res = ship_plan(rpi4_board, tmp_path, smollm2_gguf, tmp_path / "deploy", ctx=256, options=DeployOptions(sustained_s=1.0))
     assert res.exit_code == 0, res.report.get("error")
     tel = res.report["telemetry"]
@@ -272,7 +273,7 @@ def test_energy_per_token_from_tegrastats_on_an_emulated_jetson(
 ) -> None:
     """The Jetson overlay's tegrastats prints the captured VDD_IN 17946mW: energy/token = that x time/token."""
     board = ssh_board_factory("jetson-orin-nano")
-    monkeypatch.setattr("toolchain.deploy.pipeline.connect", connect_to(board))
+    monkeypatch.setattr("toolchain.transports.factory.connect", connect_to(board))
     res = ship_plan(board, tmp_path, smollm2_gguf, tmp_path / "deploy", ctx=256, options=DeployOptions(sustained_s=2.0))
     assert res.exit_code == 0, res.report.get("error")
     extra = res.report["telemetry"]["extra"]

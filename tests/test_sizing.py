@@ -113,3 +113,12 @@ def test_decode_time_is_bytes_over_bandwidth_plus_overhead() -> None:
     assert sizing.decode_seconds(8e8, basis, family="Q4_K", n_layer=10) == pytest.approx(0.2 + 0.002 + 0.001)
     stream = sizing.SpeedBasis(10e9, 0.8, 1e11, 0.0, storage_read_bytes_per_s=1e9)
     assert sizing.decode_seconds(8e8, stream, streamed_bytes=1e9) == pytest.approx(0.1 + 1.0)
+
+
+def test_type_sizes_agree_with_the_gguf_package() -> None:
+    """sizing keeps its own copy (import-light planner): every type it lists must match gguf's."""
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    for name, sizes in sizing.TYPE_SIZES.items():
+        assert name in GGMLQuantizationType.__members__, name
+        assert GGML_QUANT_SIZES[GGMLQuantizationType[name]] == sizes, name

@@ -10,16 +10,19 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 
 from toolchain import __version__
 from toolchain.cli import console as ui
-from toolchain.core.errors import EXIT_NOTHING_FITS, EXIT_OK, BadInputError, EdgeDeployError
+from toolchain.core.errors import EXIT_NOTHING_FITS, BadInputError, EdgeDeployError, InternalError, NothingFitsError
 from toolchain.core.serde import to_json_dict
+
+if TYPE_CHECKING:
+    from toolchain.deploy.pipeline import DeployOptions
+    from toolchain.plan.request import PlanRequest
 
 app = typer.Typer(
     name="edgedeploy", add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -31,17 +34,23 @@ lab_app = typer.Typer(help="Lab CI: run a fleet of boards in parallel, report, k
 app.add_typer(lab_app, name="lab")
 
 STATE: dict[str, bool] = {"debug": False}
-DEFAULT_BUDGET = "120ms"  # average human reading speed: 8.33 tokens/s
 T = TypeVar("T")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
 TargetArg = Annotated[str, typer.Argument(help="Target: a name from targets/, local, user@host[:port], adb[:SERIAL], serial:/dev/X[@baud].")]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit(0)
+
+
 @app.callback()
 def main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+    # Eager: a group's callback runs only before a subcommand, so `edgedeploy --version` alone needs it.
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True)] = False,
 ) -> None:
     STATE["debug"] = debug
     if version:
@@ -56,83 +65,49 @@ def emit(as_json: bool, doc: Any, human: Callable[[], None]) -> None:
         human()
 
 
-def fail(exc: EdgeDeployError, as_json: bool) -> NoReturn:
+def fail(exc: EdgeDeployError, as_json: bool, doc: dict[str, Any] | None = None) -> NoReturn:
+    """The one place an error becomes output and an exit code: `error:` and `hint:` lines on
+    stderr, and with --json one document on stdout (the run's report when there is one)."""
     if STATE["debug"]:
         import traceback
 
         traceback.print_exception(exc, file=sys.stderr)
-    ui.err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
-    if exc.hint:
-        ui.err.print(f"[bold]hint:[/] {exc.hint}", markup=True, highlight=False)
+    ui.error(exc.message, exc.hint)
     if as_json:
-        sys.stdout.write(json.dumps({"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}) + "\n")
+        sys.stdout.write(json.dumps(doc or {"error": exc.message, "hint": exc.hint, "exit_code": exc.exit_code}, indent=2, default=str) + "\n")
     raise typer.Exit(exc.exit_code)
 
 
 def guarded(as_json: bool, fn: Callable[[], T]) -> T:
+    from toolchain.verdict.report import ShipFailed
+
     try:
         return fn()
+    except ShipFailed as exc:
+        fail(exc, as_json, exc.report.document())
     except EdgeDeployError as exc:
         fail(exc, as_json)
     except KeyboardInterrupt:
         fail(EdgeDeployError("interrupted", "nothing half-shipped was activated; ship again to resume the upload"), as_json)
+    except Exception as exc:  # a bug in edgedeploy: one line and exit 1, the traceback with --debug
+        if STATE["debug"]:
+            raise
+        fail(InternalError.wrap(exc), as_json)
 
 
 # --- shared option parsing ------------------------------------------------------------------
 
 
-def _budget(text: str, ttft: str | None) -> Any:
-    from toolchain.core.units import parse_budget, parse_duration_ms
-
-    budget = _named_budget(text) or parse_budget(text)
-    return replace(budget, ttft_ms=parse_duration_ms(ttft, "--ttft")) if ttft else budget
-
-
-def _named_budget(name: str) -> Any:
-    from toolchain.core.config import field, load_yaml
-    from toolchain.core.nouns import Budget
-    from toolchain.core.paths import profiles_dir
-
-    path = profiles_dir() / "budgets.yaml"
-    if not name.replace("-", "").isalpha() or not path.exists():
-        return None
-    budgets = load_yaml(path).get("budgets") or {}
-    if name not in budgets:
-        return None
-    b = budgets[name]
-    where = f"{path}: budgets.{name}"
-    ttft = field(b, "ttft_ms", float, where, optional=True)
-    return Budget(decode_ms_per_token=field(b, "decode_ms_per_token", float, where), ttft_ms=ttft, source=name)
-
-
 def _plan_request(budget: str | None, ttft: str | None, ctx: int | None, model: list[str] | None, quant: list[str] | None,
                   allow_low_bit: bool, offline: bool | None, board: str | None = None, ram: str | None = None,
                   bandwidth: str | None = None, storage_read: str | None = None, bandwidth_share: float = 1.0,
-                  efficiency: float | None = None, backend: str = "cpu", threads: int | None = None) -> Any:
-    from toolchain.core.units import parse_rate, parse_size
-    from toolchain.deploy.pipeline import PlanRequest
-    from toolchain.plan.basis import Overrides
+                  efficiency: float | None = None, backend: str = "cpu", threads: int | None = None,
+                  plan_file: Path | None = None) -> PlanRequest:
+    from toolchain.plan.request import build_plan_request
 
-    if ctx is not None and ctx < 16:
-        raise BadInputError(f"--ctx {ctx} is too small", "use at least 16 tokens, e.g. --ctx 4096")
-    if not 0 < bandwidth_share <= 1:
-        raise BadInputError(f"--bandwidth-share {bandwidth_share} is outside (0, 1]", "e.g. 0.5 leaves half the bandwidth to other apps")
-    if backend not in ("cpu", "cuda", "metal", "vulkan", "opencl"):
-        raise BadInputError(f"unknown backend {backend!r}", "use cpu, cuda, metal, vulkan or opencl")
-    paths, ids = [], []
-    for m in model or []:
-        if m.endswith(".gguf") or Path(m).is_file():
-            paths.append(Path(m))
-        else:
-            ids.append(m)
-    ov = Overrides(
-        ram_bytes=parse_size(ram, "--ram") if ram else None,
-        bandwidth_bytes_per_s=parse_rate(bandwidth, "--bandwidth") if bandwidth else None,
-        storage_read_bytes_per_s=parse_rate(storage_read, "--storage-read") if storage_read else None,
-        bandwidth_share=bandwidth_share, efficiency=efficiency, backend=backend, threads=threads,
-    )
-    return PlanRequest(budget=_budget(budget or DEFAULT_BUDGET, ttft), budget_given=budget is not None, ctx=ctx, models=tuple(ids), quants=tuple(quant or []),
-                       paths=tuple(paths), allow_low_bit=allow_low_bit, offline=offline, overrides=ov, board=board)
+    return build_plan_request(budget=budget, ttft=ttft, ctx=ctx, models=model or [], quants=quant or [], allow_low_bit=allow_low_bit,
+                              offline=offline, board=board, ram=ram, bandwidth=bandwidth, storage_read=storage_read,
+                              bandwidth_share=bandwidth_share, efficiency=efficiency, backend=backend, threads=threads, plan_file=plan_file)
 
 
 BudgetOpt = Annotated[str | None, typer.Option(
@@ -190,7 +165,7 @@ def plan(
     as_json: JsonOpt = False,
 ) -> None:
     """Pick the largest model and quant that fits memory and the latency budget."""
-    from toolchain.deploy.pipeline import plan_for
+    from toolchain.plan.request import plan_for
     from toolchain.probe.reach import deploy_root, probe_target
     from toolchain.transports.targets import resolve_target
 
@@ -212,7 +187,7 @@ def plan(
             spec = resolve_target(target)
             kind, tboard = spec.kind, spec.board
             with connect(spec) as t:
-                facts = probe_target(spec, t, deploy_root(spec, t))
+                facts = probe_target(spec, t, deploy_root(spec, t), ui.ConsoleEvents())
         elif board is None and (ram is None or bandwidth is None):
             raise BadInputError("plan needs something to plan for", "give --target T, --facts FILE, --board ID, or --ram and --bandwidth")
         return plan_for(facts, req, target_kind=kind, target_board=tboard)
@@ -222,8 +197,8 @@ def plan(
 
     emit(as_json, result, lambda: render_plan(result))
     if result.selected is None:
-        ui.err.print(f"[bold red]error:[/] nothing fits: {result.nearest_miss}", markup=True, highlight=False)
-        ui.err.print("[bold]hint:[/] raise --budget, lower --ctx, --allow-low-bit, or a board with more memory", markup=True)
+        exc = NothingFitsError(f"nothing fits: {result.nearest_miss}", "raise --budget, lower --ctx, --allow-low-bit, or a board with more memory")
+        ui.error(exc.message, exc.hint)
         raise typer.Exit(EXIT_NOTHING_FITS)
 
 
@@ -248,30 +223,25 @@ def ship(
     """Probe, plan, package, ship, run and validate; activate the release only if it passes.
 
     A target without llama-cpp-python gets it from the host's wheelhouse (--offline: only from there)."""
+    from toolchain.deploy.pipeline import DeployRequest
     from toolchain.deploy.pipeline import ship as do_ship
     from toolchain.transports.targets import resolve_target
 
     def run() -> Any:
-        req = _plan_request(budget, ttft, ctx, model, quant, allow_low_bit, offline, efficiency=efficiency, threads=threads)
-        if plan_file is not None:
-            req = replace(req, plan_file=plan_file)
-        return do_ship(resolve_target(target), req, deploy_dir=deploy_dir, force=force,
-                       accept_new_host_key=accept_new_host_key, strict_prediction=strict_prediction,
-                       deploy=_deploy_options(mode, sustained, serve_host, serve_port, offline))
+        req = DeployRequest(
+            target=resolve_target(target), deploy_dir=deploy_dir, force=force, strict_prediction=strict_prediction,
+            plan=_plan_request(budget, ttft, ctx, model, quant, allow_low_bit, offline, efficiency=efficiency, threads=threads, plan_file=plan_file),
+            options=_deploy_options(mode, sustained, serve_host, serve_port, offline))
+        return do_ship(req, ui.ConsoleEvents(), accept_new_host_key=accept_new_host_key)
 
     result = guarded(as_json, run)
     from toolchain.cli.render_plan import render_ship
 
-    emit(as_json, result.report, lambda: render_ship(result.report))
-    if result.exit_code != EXIT_OK:
-        msg = result.report.get("error") or "validation failed: " + ", ".join(
-            c["name"] for c in result.report["verdict"]["checks"] if not c["passed"] and c.get("severity") == "error")
-        ui.err.print(f"[bold red]error:[/] {msg}", markup=True, highlight=False)
-        ui.err.print(f"[bold]hint:[/] {result.report.get('hint') or 'see ' + str(result.run_dir / 'report.md')}", markup=True, highlight=False)
-    raise typer.Exit(result.exit_code)
+    doc = result.document()
+    emit(as_json, doc, lambda: render_ship(doc))
 
 
-def _deploy_options(mode: str, sustained: str | None, serve_host: str, serve_port: int, offline: bool | None) -> Any:
+def _deploy_options(mode: str, sustained: str | None, serve_host: str, serve_port: int, offline: bool | None) -> DeployOptions:
     from toolchain.core.units import parse_duration_ms
     from toolchain.deploy.pipeline import DeployOptions
     from toolchain.deploy.serve import ServeOptions
@@ -293,6 +263,7 @@ def validate_cmd(
     """Re-validate a run's measured telemetry against its plan and a budget."""
     from toolchain.core.nouns import Plan, Telemetry
     from toolchain.core.serde import from_dict
+    from toolchain.plan.request import resolve_budget
     from toolchain.verdict.validate import validate
 
     def run() -> Any:
@@ -304,7 +275,7 @@ def validate_cmd(
             raise BadInputError(f"{run_dir}: the run has no telemetry to validate", "the runner did not finish; see its report.md")
         p = from_dict(Plan, report["plan"])
         assert p.selected is not None
-        b = _budget(budget, None) if budget else p.budget
+        b = resolve_budget(budget) if budget else p.budget
         facts = json.loads((run_dir / "facts.json").read_text())
         return validate(from_dict(Telemetry, report["telemetry"]), p.selected, b,
                         usable_memory_bytes=int(facts["memory"]["usable_bytes"]),
@@ -588,6 +559,21 @@ def _history_report(history: bool, board: str | None, since: str | None, url: st
 
     doc, text = guarded(as_json, run)
     emit(as_json, doc, lambda: typer.echo(text, nl=False))
+
+
+@app.command("settings")
+def settings_cmd(as_json: JsonOpt = False) -> None:
+    """List the EDGEDEPLOY_* environment variables: meaning, default, who reads them, current value."""
+    from toolchain.core.settings import rows as setting_rows
+
+    rows = setting_rows()
+
+    def human() -> None:
+        for r in rows:
+            value = f"= {r['value']}" if r["value"] is not None else "(unset)"
+            typer.echo(f"{r['name']:<28} {value}\n    {r['meaning']}\n    default: {r['default']}; read by: {r['read_by']}")
+
+    emit(as_json, rows, human)
 
 
 def run() -> None:

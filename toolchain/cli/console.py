@@ -1,12 +1,14 @@
-"""Human output on stderr (stdout is reserved for the one JSON document of --json)."""
+"""Human output on stderr (stdout is reserved for the one JSON document of --json), and the CLI's
+event sink: the pipeline's steps, spinners and rich progress bars."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -16,6 +18,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from toolchain.core.events import quarter_lines
 from toolchain.transports.base import ProgressFn
 
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 160)
@@ -25,24 +28,23 @@ def log(message: str) -> None:
     err.print(message, markup=False)
 
 
+def error(message: str, hint: str = "") -> None:
+    """`error: ...` and `hint: ...`; the texts are data (a name with [/x] in it is not markup)."""
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
+    if hint:
+        err.print(f"[bold]hint:[/] {escape(hint)}", markup=True, highlight=False)
+
+
 def step(message: str) -> None:
-    err.print(f"[bold cyan]›[/] {message}", markup=True, highlight=False)
+    err.print("[bold cyan]›[/] ", markup=True, highlight=False, end="")
+    err.print(message, markup=False, highlight=False)
 
 
 @contextmanager
 def transfer_bar(description: str, total: int) -> Iterator[ProgressFn]:
-    """A progress bar with bytes, rate and time left; a no-op callback when stderr is not a TTY."""
+    """A progress bar with bytes, rate and time left; one line per quarter when stderr is not a TTY."""
     if not sys.stderr.isatty():
-        last = [0]
-
-        def quiet(done: int, total_: int) -> None:
-            # Non-interactive (CI logs): one line per 25%.
-            pct = int(100 * done / total_) if total_ else 100
-            if pct >= last[0] + 25 or done == total_:
-                last[0] = pct
-                log(f"  {description}: {pct}% of {total_ / 1e6:.1f} MB")
-
-        yield quiet
+        yield quarter_lines(description, log)
         return
     columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
@@ -58,3 +60,22 @@ def spinner(description: str) -> Iterator[None]:
         return
     with err.status(description):
         yield
+
+
+class ConsoleEvents:
+    """The CLI's event sink (core.events.Events) on stderr."""
+
+    def stage(self, name: str) -> None:
+        pass  # the steps say it in words
+
+    def step(self, message: str) -> None:
+        step(message)
+
+    def log(self, message: str) -> None:
+        log(message)
+
+    def busy(self, description: str) -> AbstractContextManager[None]:
+        return spinner(description)
+
+    def transfer(self, description: str, total: int) -> AbstractContextManager[ProgressFn]:
+        return transfer_bar(description, total)

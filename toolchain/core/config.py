@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast, overload
 
 import yaml
 
@@ -15,6 +15,8 @@ T = TypeVar("T")
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list", dict: "a mapping"}
 
 
+# free-form YAML: the top level is whatever the file holds until field() checks each key; Any
+# (not object) so the loaders can walk nested mappings they have just checked with field().
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
@@ -33,11 +35,17 @@ def unknown_name(kind: str, name: str, known: Iterable[str], hint: str, *, cutof
     return BadInputError(f"unknown {kind} {name!r}" + (f"; close matches: {', '.join(close)}" if close else ""), hint)
 
 
-def field(data: dict[str, Any], key: str, typ: type[T], where: str, *, optional: bool = False, default: Any = None) -> T:
+@overload
+def field(data: Mapping[str, object], key: str, typ: type[T], where: str, *, optional: Literal[False] = False) -> T: ...
+@overload
+def field(data: Mapping[str, object], key: str, typ: type[T], where: str, *, optional: Literal[True], default: T) -> T: ...
+@overload
+def field(data: Mapping[str, object], key: str, typ: type[T], where: str, *, optional: Literal[True], default: None = None) -> T | None: ...
+def field(data: Mapping[str, object], key: str, typ: type[T], where: str, *, optional: bool = False, default: T | None = None) -> T | None:
     """data[key] checked against typ; a missing or wrong-typed key names the file and key."""
     if key not in data or data[key] is None:
         if optional:
-            return default  # type: ignore[no-any-return]
+            return default
         raise BadInputError(f"{where}: missing key '{key}'", f"add '{key}:' ({_TYPE_NAMES.get(typ, typ.__name__)})")
     value = data[key]
     ok = isinstance(value, typ) and not (typ in (int, float) and isinstance(value, bool))
@@ -48,4 +56,4 @@ def field(data: dict[str, Any], key: str, typ: type[T], where: str, *, optional:
             f"{where}: key '{key}' should be {_TYPE_NAMES.get(typ, typ.__name__)}, got {type(value).__name__} {value!r}",
             f"fix '{key}' in that file",
         )
-    return value  # type: ignore[no-any-return]
+    return cast(T, value)  # checked just above (an int read for a float became one)

@@ -1,36 +1,48 @@
-"""Where things live: the bundled resources next to the package, and the user's data dirs."""
+"""Where things live: the bundled resources inside the package, and the user's data dirs."""
 
 from __future__ import annotations
 
-import os
+from importlib.resources import files
 from pathlib import Path
 
 from platformdirs import user_cache_dir, user_data_dir
 
-# targets/, profiles/ and templates/ sit beside toolchain/ (installed editable or from the repo).
-RESOURCE_ROOT = Path(os.environ.get("EDGEDEPLOY_RESOURCES", Path(__file__).resolve().parents[2]))
+from toolchain.core import settings
+
+RESOURCES_PACKAGE = "toolchain._resources"  # symlinks to the repository's top-level directories
+
+
+def _resource(name: str) -> Path:
+    root = settings.resources()
+    if root is not None:
+        return root / name
+    # pip installs a wheel as real files and an editable install reads the checkout, so the
+    # Traversable is a directory on disk: Path() of it works with glob and jinja's FileSystemLoader.
+    # resolve(): in a checkout, messages then name targets/x.yaml, the file to edit, not the link.
+    return Path(str(files(RESOURCES_PACKAGE) / name)).resolve()
 
 
 def templates_dir() -> Path:
-    return RESOURCE_ROOT / "templates"
+    return _resource("templates")
 
 
 def targets_dir() -> Path:
-    return RESOURCE_ROOT / "targets"
+    """Board database (boards/) and target files; user targets go in $EDGEDEPLOY_RESOURCES/targets."""
+    return _resource("targets")
 
 
 def profiles_dir() -> Path:
-    return RESOURCE_ROOT / "profiles"
+    return _resource("profiles")
 
 
 def data_dir() -> Path:
     """Per-user state: local deployments, run directories, history, calibration."""
-    return Path(os.environ.get("EDGEDEPLOY_HOME", user_data_dir("edgedeploy")))
+    return settings.home() or Path(user_data_dir("edgedeploy"))
 
 
 def cache_dir() -> Path:
     """Re-creatable downloads and derived models (GGUF files are never in the repo)."""
-    return Path(os.environ.get("EDGEDEPLOY_CACHE", user_cache_dir("edgedeploy")))
+    return settings.cache() or Path(user_cache_dir("edgedeploy"))
 
 
 def models_cache() -> Path:
@@ -38,4 +50,4 @@ def models_cache() -> Path:
 
 
 def runs_dir() -> Path:
-    return Path(os.environ.get("EDGEDEPLOY_RUNS", data_dir() / "runs"))
+    return settings.runs() or data_dir() / "runs"

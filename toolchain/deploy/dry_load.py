@@ -11,8 +11,11 @@ settings; llama.cpp logs the sizes its allocator would use (KV, compute, output 
 is C++ only and not reachable through ctypes, so the log lines are the interface; the parser
 below is pinned by a recorded output in the tests.
 
-(a) SCRIPT runs on the target (python3 -c SCRIPT ARGS, header on stdin) and prints one JSON line.
+(a) toolchain/device/dry_load.py runs on the target (python3 -c SOURCE ARGS, header on stdin) and
+    prints one JSON line; SCRIPT is that source, as sent.
 (b) parse() is pure: that output -> DryLoad.
+(c) check() compares the allocator's sizes with the prediction -> DryLoadReport (the report's
+    "dry_load" entry).
 """
 
 from __future__ import annotations
@@ -24,73 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from toolchain.core.nouns import Prediction, Selected
+from toolchain.device import device_source
 from toolchain.transports.base import Transport
 
 MECHANISM = "llama_model_params.no_alloc with load_mode NONE (header-only sparse file)"
 
-SCRIPT = r"""
-import ctypes, json, os, sys, tempfile
-work, size, ctx, n_batch, kv, fa, swa_full, ngl, threads, n_out = sys.argv[1:11]
-out = {"ok": False, "log": []}
-def done(code):
-    print(json.dumps(out), flush=True)
-    sys.exit(code)
-try:
-    import llama_cpp
-except Exception as exc:
-    out["error"] = "llama_cpp not importable: %s" % exc
-    done(3)
-out["llama_cpp"] = getattr(llama_cpp, "__version__", "?")
-if "no_alloc" not in [f[0] for f in llama_cpp.llama_model_params._fields_]:
-    out["error"] = "this llama-cpp-python has no no_alloc model parameter"
-    done(4)
-os.makedirs(work, exist_ok=True)
-fd, path = tempfile.mkstemp(prefix="edgedeploy-dryload-", suffix=".gguf", dir=work)
-try:
-    with os.fdopen(fd, "wb") as f:
-        f.write(sys.stdin.buffer.read())
-        f.truncate(int(size))  # sparse: the tensor data is never read with no_alloc
-    keep = []
-    @llama_cpp.llama_log_callback
-    def log(level, text, user):
-        line = text.decode("utf-8", "replace").strip()
-        if "size" in line or "cells" in line or "CPU_REPACK" in line or "error" in line.lower():
-            keep.append(line)
-    llama_cpp.llama_log_set(log, ctypes.c_void_p(0))
-    llama_cpp.llama_backend_init()
-    mp = llama_cpp.llama_model_default_params()
-    mp.no_alloc = True
-    mp.load_mode = llama_cpp.LLAMA_LOAD_MODE_NONE
-    mp.n_gpu_layers = int(ngl)
-    model = llama_cpp.llama_model_load_from_file(path.encode(), mp)
-    if not model:
-        out["error"] = "llama_model_load_from_file failed"
-        out["log"] = keep
-        done(5)
-    out["model_bytes"] = int(llama_cpp.llama_model_size(model))
-    out["n_params"] = int(llama_cpp.llama_model_n_params(model))
-    types = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0}
-    cp = llama_cpp.llama_context_default_params()
-    cp.n_ctx = int(ctx); cp.n_batch = int(n_batch); cp.n_ubatch = int(n_batch)
-    cp.n_threads = int(threads); cp.n_threads_batch = int(threads)
-    cp.type_k = types[kv]; cp.type_v = types[kv]
-    cp.flash_attn_type = 1 if fa == "1" else 0
-    cp.swa_full = swa_full == "1"
-    cp.n_outputs_max = int(n_out)  # the runner reads only the last token's logits
-    c = llama_cpp.llama_init_from_model(model, cp)
-    out["log"] = keep
-    if not c:
-        out["error"] = "llama_init_from_model failed"
-        done(6)
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                out["rss_bytes"] = int(line.split()[1]) * 1024
-    out["ok"] = True
-finally:
-    os.unlink(path)
-done(0)
-"""
+SCRIPT = device_source("dry_load.py")
 
 _MIB = 1024.0 * 1024.0
 _BUF = re.compile(r"(\S+)\s+(model|KV|compute|output) buffer size\s*=\s*([\d.]+) MiB")
@@ -166,29 +108,48 @@ def run(transport: Transport, python: str, gguf: Path, sel: Selected, work_dir: 
     return parse(res.stdout, res.stderr, res.exit_status)
 
 
-def compare(pred: Prediction, dry: DryLoad) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class ComparisonRow:
+    component: str  # weights | kv cache | compute buffers
+    predicted_bytes: int
+    allocator_bytes: int
+    error: float | None  # (predicted - allocator) / allocator, 4 decimals; None when the allocator said 0
+
+
+@dataclass(frozen=True)
+class DryLoadReport:
+    """The report's "dry_load" entry. fits is None when the dry load could not run (result.error
+    says why); then comparison is empty and allocator_peak_bytes None."""
+
+    result: DryLoad
+    fits: bool | None
+    usable_bytes: int
+    comparison: list[ComparisonRow] = field(default_factory=list)
+    allocator_peak_bytes: int | None = None  # the predicted peak with the allocator's components in
+
+
+def compare(pred: Prediction, dry: DryLoad) -> list[ComparisonRow]:
     """Predicted against the allocator's own sizes, component by component."""
     rows = [("weights", pred.weights_bytes, dry.model_bytes), ("kv cache", pred.kv_bytes, dry.kv_bytes),
             ("compute buffers", pred.compute_bytes, dry.compute_bytes + dry.output_bytes)]
-    out = []
-    for name, p, a in rows:
-        out.append({"component": name, "predicted_bytes": p, "allocator_bytes": a,
-                    "error": round((p - a) / a, 4) if a else None})
-    return out
+    return [ComparisonRow(name, p, a, round((p - a) / a, 4) if a else None) for name, p, a in rows]
 
 
-def check(transport: Transport, python: str, gguf: Path, sel: Selected, work_dir: str, usable_bytes: int) -> dict[str, Any]:
-    """The report's "dry_load" entry: sizes, the comparison, and whether the allocator's sizes fit."""
-    from toolchain.core.serde import to_json_dict
-
-    dry = run(transport, python, gguf, sel, work_dir)
-    doc: dict[str, Any] = {"result": to_json_dict(dry)}
-    if not dry.ok:
-        doc["fits"] = None
-        return doc
-    p = sel.predicted
-    # the allocator's sizes replace the predicted components; the runtime overhead stays predicted
-    need = p.peak_memory_bytes - p.weights_bytes - p.kv_bytes - p.compute_bytes + dry.model_bytes + dry.kv_bytes \
+def allocator_peak_bytes(pred: Prediction, dry: DryLoad) -> int:
+    """The allocator's sizes replace the predicted components; the runtime overhead stays predicted."""
+    return pred.peak_memory_bytes - pred.weights_bytes - pred.kv_bytes - pred.compute_bytes + dry.model_bytes + dry.kv_bytes \
         + dry.compute_bytes + dry.output_bytes
-    doc.update(comparison=compare(p, dry), allocator_peak_bytes=need, usable_bytes=usable_bytes, fits=need <= usable_bytes)
-    return doc
+
+
+def report(pred: Prediction, dry: DryLoad, usable_bytes: int) -> DryLoadReport:
+    """A dry load's result against the prediction and the usable memory (pure)."""
+    if not dry.ok:
+        return DryLoadReport(result=dry, fits=None, usable_bytes=usable_bytes)
+    need = allocator_peak_bytes(pred, dry)
+    return DryLoadReport(result=dry, fits=need <= usable_bytes, usable_bytes=usable_bytes, comparison=compare(pred, dry),
+                         allocator_peak_bytes=need)
+
+
+def check(transport: Transport, python: str, gguf: Path, sel: Selected, work_dir: str, usable_bytes: int) -> DryLoadReport:
+    """Dry-load on the target: sizes, the comparison, and whether the allocator's sizes fit."""
+    return report(sel.predicted, run(transport, python, gguf, sel, work_dir), usable_bytes)

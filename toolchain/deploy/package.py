@@ -1,16 +1,18 @@
-"""Plan + GGUF -> a bundle directory: the model, the rendered runner and launcher, a manifest.
+"""Plan + GGUF -> a bundle directory: the model, the runner, its settings, the launcher, a manifest.
 
-The manifest lists every file with its sha256 and carries the prediction, so what runs on the
-device can always be traced to what was planned.
+runner.py and events.py are toolchain/device's files copied as they are (the same bytes, so the
+same sha256, in every bundle); what differs per release is data in settings.json, and the
+launcher run.sh rendered from templates/run.sh.j2. The manifest lists every file with its sha256
+and carries the prediction, so what runs on the device can always be traced to what was planned.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pprint
 import shlex
 import time
+from importlib.resources import files
 from pathlib import Path
 
 import jinja2
@@ -22,6 +24,11 @@ from toolchain.core.serde import to_json_dict
 from toolchain.models.gguf_reader import sha256_file
 
 MODEL_FILE = "model.gguf"
+SETTINGS_FILE = "settings.json"  # read by the runner (toolchain/device/runner.py: read_settings)
+DEVICE_FILES = ("runner.py", "events.py")  # copied from toolchain/device; the runner imports events from its directory
+LAUNCHER = "run.sh"
+# Every file install_release puts in a release directory besides the model link and the manifest.
+SHIPPED_FILES = (*DEVICE_FILES, SETTINGS_FILE, LAUNCHER)
 BENCH_PROMPTS = [
     "Explain in two sentences why the sky is blue.",
     "Write a short note to a colleague about tomorrow's meeting, which moved to 10am.",
@@ -43,11 +50,17 @@ def environment(*, strict: bool = True) -> jinja2.Environment:
 
 
 def runner_settings(sel: Selected) -> dict[str, object]:
+    """The runner's settings as the manifest (and the runner's start event) report them."""
     return {
         "model_file": MODEL_FILE, "threads": sel.threads, "ctx": sel.ctx, "kv_type": sel.kv_type,
         "flash_attn": sel.flash_attn, "use_mmap": sel.use_mmap, "n_batch": N_BATCH, "decode_tokens": DECODE_TOKENS,
         "model": sel.model, "quant": sel.quant,
     }
+
+
+def settings_document(sel: Selected, rid: str) -> dict[str, object]:
+    """settings.json: the runner's settings plus what belongs to this release (its id, the prompts)."""
+    return {**runner_settings(sel), "release_id": rid, "prompts": list(BENCH_PROMPTS)}
 
 
 def release_id(sel: Selected, model_sha256: str) -> str:
@@ -67,26 +80,21 @@ def package(plan: Plan, gguf: Path, out_dir: Path, *, python: str, model_sha256:
         os.link(gguf, model_dst)
     except OSError:  # another filesystem: a symlink keeps the bundle complete without a copy
         model_dst.symlink_to(gguf.resolve())
-    env = environment()
-    context = {
-        "release_id": rid, "model": sel.model, "quant": sel.quant, "python": python,
-        # Python literals (not JSON: true/false/null are not Python).
-        "settings_py": pprint.pformat(runner_settings(sel), indent=4, sort_dicts=True),
-        "prompts_py": pprint.pformat(BENCH_PROMPTS, indent=4),
-    }
-    (out_dir / "runner.py").write_text(env.get_template("runner.py.j2").render(context))
-    launcher = out_dir / "run.sh"
-    launcher.write_text(env.get_template("run.sh.j2").render(context))
+    for name in DEVICE_FILES:
+        (out_dir / name).write_bytes(files("toolchain.device").joinpath(name).read_bytes())
+    (out_dir / SETTINGS_FILE).write_text(json.dumps(settings_document(sel, rid), indent=2, sort_keys=True) + "\n")
+    launcher = out_dir / LAUNCHER
+    launcher.write_text(environment().get_template("run.sh.j2").render(release_id=rid, python=python))
     launcher.chmod(0o755)
-    files = [BundleFile(MODEL_FILE, sha, gguf.stat().st_size)]
-    for name in ("runner.py", "run.sh"):
+    listed = [BundleFile(MODEL_FILE, sha, gguf.stat().st_size)]
+    for name in SHIPPED_FILES:
         p = out_dir / name
-        files.append(BundleFile(name, sha256_file(p), p.stat().st_size))
+        listed.append(BundleFile(name, sha256_file(p), p.stat().st_size))
     manifest = {
         "release": rid, "edgedeploy": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "model": sel.model, "quant": sel.quant, "settings": runner_settings(sel),
-        "files": [to_json_dict(f) for f in files], "prediction": to_json_dict(sel.predicted),
+        "files": [to_json_dict(f) for f in listed], "prediction": to_json_dict(sel.predicted),
         "budget": to_json_dict(plan.budget), "basis": to_json_dict(plan.basis),
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return Bundle(root=str(out_dir), release_id=rid, model_file=MODEL_FILE, model_sha256=sha, files=files)
+    return Bundle(root=str(out_dir), release_id=rid, model_file=MODEL_FILE, model_sha256=sha, files=listed)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from toolchain.core import settings
 from toolchain.core.errors import BadInputError, TargetError
 from toolchain.core.paths import cache_dir
 from toolchain.transports.base import Transport
@@ -121,7 +122,7 @@ class Provisioned:
 
 
 def wheelhouse_dir() -> Path:
-    return Path(os.environ.get("EDGEDEPLOY_WHEELHOUSE", cache_dir() / "wheelhouse"))
+    return settings.wheelhouse() or cache_dir() / "wheelhouse"
 
 
 def toolchain_llama_version() -> str:

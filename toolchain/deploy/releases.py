@@ -2,7 +2,8 @@
 
 Layout under the deploy root on the target:
     models/<sha256>.gguf          the store; a model already there is never sent again
-    releases/<id>/                runner.py, run.sh, manifest.json, model.gguf -> ../../models/<sha>.gguf
+    releases/<id>/                the bundle's files (runner.py, events.py, settings.json, run.sh),
+                                  manifest.json, model.gguf -> ../../models/<sha>.gguf
     current -> releases/<id>      switched atomically (rename of a symlink)
     activations.log               one release id per line, for rollback
 Uploads land in `<name>.partial`, resume from its size, and are verified (sha256 on the target)
@@ -158,7 +159,7 @@ class Shipper:
         final = f"{self.root}/releases/{bundle.release_id}"
         staging = final + ".partial"
         self.sh('rm -rf "$1" && mkdir -p "$1"', staging)
-        for name in ("runner.py", "run.sh", "manifest.json"):
+        for name in [f.path for f in bundle.files if f.path != bundle.model_file] + ["manifest.json"]:
             self.transport.put(Path(bundle.root) / name, f"{staging}/{name}")
         model_rel = f"../../models/{bundle.model_sha256}.gguf"
         self.sh('cd "$1" && chmod 755 run.sh && ln -sf "$2" model.gguf && cd .. && rm -rf "$3" && mv "$1" "$3"',

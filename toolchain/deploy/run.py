@@ -16,7 +16,7 @@ from typing import Any
 from toolchain.core.errors import CommandTimeout, EdgeDeployError
 from toolchain.core.nouns import Release, Telemetry
 from toolchain.core.units import fmt_bytes
-from toolchain.deploy.telemetry import Event, error_event, fetch_events, peak_rss, telemetry_from_events
+from toolchain.deploy.telemetry import Event, error_event, fetch_events, peak_rss, start_events, telemetry_from_events
 from toolchain.transports.base import Transport
 
 BENCH_TIMEOUT_S = 1800.0
@@ -118,7 +118,7 @@ def _tail(transport: Transport, path: str) -> str:
 
 def _oom_in_kernel_log(transport: Transport, events: list[Event]) -> bool:
     """True when the kernel log says it killed this runner (by pid): an old OOM of something else must not count."""
-    pids = {str(e["pid"]) for e in events if e.get("event") == "start" and e.get("pid")}
+    pids = {str(e["pid"]) for e in start_events(events) if e.get("pid")}
     if not pids:
         return False
     text = transport.run(["sh", "-c", "dmesg 2>/dev/null | tail -n 200"], timeout=15, check=False).stdout

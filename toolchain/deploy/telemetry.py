@@ -1,20 +1,24 @@
 """Pull the runner's JSON lines back from the target and turn them into a Telemetry (or a reason).
 
-Parsing is pure: `parse_events` and `telemetry_from_events` take text and events, no I/O.
+The event format (names, fields) is toolchain/device/events.py, the module the runner writes
+with. Parsing is pure: `parse_events` and `telemetry_from_events` take text and events, no I/O.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import cast
 
 from toolchain.core.errors import EdgeDeployError
 from toolchain.core.nouns import Telemetry
 from toolchain.core.serde import from_dict
+from toolchain.device import events as ev
+from toolchain.device.events import ErrorEvent, Event, ResultEvent, StartEvent
 from toolchain.transports.base import Transport
 
-Event = dict[str, Any]
+__all__ = ["ErrorEvent", "Event", "ResultEvent", "StartEvent", "error_event", "fetch_events", "parse_events", "peak_rss",
+           "result_event", "start_events", "telemetry_from_events"]
 
 
 def fetch_events(transport: Transport, remote: str, local: Path) -> list[Event]:
@@ -39,12 +43,21 @@ def parse_events(text: str) -> list[Event]:
     return events
 
 
-def result_event(events: list[Event]) -> Event | None:
-    return next((e for e in reversed(events) if e.get("event") == "result"), None)
+def _last(events: list[Event], name: str) -> Event | None:
+    return next((e for e in reversed(events) if e.get("event") == name), None)
 
 
-def error_event(events: list[Event]) -> Event | None:
-    return next((e for e in reversed(events) if e.get("event") == "error"), None)
+def result_event(events: list[Event]) -> ResultEvent | None:
+    # The runner of this toolchain writes every field; an older one may lack some (read with .get).
+    return cast("ResultEvent | None", _last(events, ev.RESULT))
+
+
+def error_event(events: list[Event]) -> ErrorEvent | None:
+    return cast("ErrorEvent | None", _last(events, ev.ERROR))
+
+
+def start_events(events: list[Event]) -> list[StartEvent]:
+    return [cast(StartEvent, e) for e in events if e.get("event") == ev.START]
 
 
 def peak_rss(events: list[Event]) -> int:
@@ -57,6 +70,6 @@ def telemetry_from_events(events: list[Event]) -> Telemetry | None:
     result = result_event(events)
     if result is None:
         return None
-    data = {k: v for k, v in result.items() if k not in ("event", "time")}
+    data: dict[str, object] = {k: v for k, v in result.items() if k not in ("event", "time")}
     data["extra"] = {k: data.pop(k) for k in list(data) if k not in Telemetry.__dataclass_fields__}
     return from_dict(Telemetry, data)

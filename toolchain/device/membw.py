@@ -21,7 +21,7 @@ pinned = [c for c in wanted if c in allowed] if hasattr(os, "sched_setaffinity")
 n = int(os.environ.get("EDGEDEPLOY_THREADS") or 0) or len(pinned) or len(allowed) or os.cpu_count() or 1
 
 
-def pin(cpu):
+def pin(cpu: int) -> None:
     if pinned:
         try:
             os.sched_setaffinity(0, {cpu})
@@ -29,7 +29,7 @@ def pin(cpu):
             pass
 
 
-def scan(a, b):
+def scan(a: int, b: int) -> float:
     best = 1e9
     for _ in range(3):
         t = time.perf_counter()

@@ -13,13 +13,14 @@ try:
     r["pip"] = importlib.util.find_spec("pip") is not None
     spec = importlib.util.find_spec("llama_cpp")
     if spec is not None and spec.origin:
-        r["llama_cpp_path"] = os.path.dirname(spec.origin)
+        path = os.path.dirname(spec.origin)
+        r["llama_cpp_path"] = path
         try:
             from importlib import metadata
             r["llama_cpp"] = metadata.version("llama_cpp_python")
         except Exception:
             r["llama_cpp"] = "unknown version"
-        lib = os.path.join(r["llama_cpp_path"], "lib")
+        lib = os.path.join(path, "lib")
         r["llama_cpp_libs"] = sorted(n for n in os.listdir(lib) if n.startswith(("libggml", "ggml", "libllama"))) if os.path.isdir(lib) else []
 except Exception as e:
     r["error"] = type(e).__name__ + ": " + str(e)[:200]

@@ -25,7 +25,7 @@ for root, dirs, names in os.walk(d) if own else ():
             continue
         if s > size and os.path.isfile(p) and not os.path.islink(p):
             found, size = p, s
-r = {"path": None, "bytes": 0}
+r: "dict[str, object]" = {"path": None, "bytes": 0}
 temp = None
 try:
     if found and size >= 64 << 20:

@@ -9,9 +9,9 @@ missed, `skipped` when an earlier failure left nothing to judge.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from toolchain.fleet.classify import FailureClass
+from toolchain.core.errors import FailureClass
+from toolchain.core.nouns import Check
 from toolchain.fleet.scheduler import BoardOutcome
 
 REACHABLE, DEPLOYED, FITS, DECODE, TTFT, PREDICTION, REGRESSION = (
@@ -28,9 +28,9 @@ class LabCheck:
 
 
 def board_checks(o: BoardOutcome, *, ttft_budget: bool, probe_only: bool) -> list[LabCheck]:
-    report = o.report or {}
-    verdict = {c["name"]: c for c in (report.get("verdict") or {}).get("checks", [])}
-    tel = report.get("telemetry")
+    report = o.report
+    verdict = {c.name: c for c in report.verdict.checks} if report else {}
+    tel = report.telemetry if report else None
     later = [DEPLOYED, FITS, DECODE, *([TTFT] if ttft_budget else []), PREDICTION, REGRESSION]
     if not o.reached:
         return [LabCheck(REACHABLE, "error", o.error or "board did not answer", o.hint or ""),
@@ -42,9 +42,9 @@ def board_checks(o: BoardOutcome, *, ttft_budget: bool, probe_only: bool) -> lis
         return checks
     if tel is None:
         return checks + _not_run(o, later, verdict)
-    ran_ok = all(verdict.get(n, {}).get("passed", True) for n in ("telemetry measured", "model integrity"))
-    sel = (report.get("plan") or {}).get("selected") or {}
-    checks.append(LabCheck(DEPLOYED, "passed" if ran_ok else "failed", f"ran {sel.get('model')} {sel.get('quant')} on the board",
+    ran_ok = all(verdict[n].passed for n in ("telemetry measured", "model integrity") if n in verdict)
+    sel = report.plan.selected if report and report.plan else None
+    checks.append(LabCheck(DEPLOYED, "passed" if ran_ok else "failed", f"ran {sel.model if sel else None} {sel.quant if sel else None} on the board",
                            _detail(verdict, "model integrity")))
     checks.append(_from_verdict(verdict, "fits memory", FITS))
     checks.append(_from_verdict(verdict, "decode budget", DECODE))
@@ -55,13 +55,13 @@ def board_checks(o: BoardOutcome, *, ttft_budget: bool, probe_only: bool) -> lis
     return checks
 
 
-def _not_run(o: BoardOutcome, later: list[str], verdict: dict[str, Any]) -> list[LabCheck]:
+def _not_run(o: BoardOutcome, later: list[str], verdict: dict[str, Check]) -> list[LabCheck]:
     """No telemetry: say where it stopped, skip what could not be judged."""
     msg, hint = o.error or o.status, o.hint or ""
     out: dict[str, LabCheck] = {}
     if o.failure is FailureClass.CONFIGURATION and "plan" in verdict:
         out[DEPLOYED] = LabCheck(DEPLOYED, "skipped", "nothing to deploy: no candidate fits")
-        out[FITS] = LabCheck(FITS, "failed", f"no candidate fits: {verdict['plan'].get('observed')}", hint)
+        out[FITS] = LabCheck(FITS, "failed", f"no candidate fits: {verdict['plan'].observed}", hint)
     elif o.failure is FailureClass.RESULT:  # the runner was killed for memory
         out[DEPLOYED] = LabCheck(DEPLOYED, "passed", "deployed; the runner started")
         out[FITS] = LabCheck(FITS, "failed", msg, hint)
@@ -70,23 +70,23 @@ def _not_run(o: BoardOutcome, later: list[str], verdict: dict[str, Any]) -> list
     return [out.get(n) or LabCheck(n, "skipped", f"not measured: {o.status}") for n in later]
 
 
-def _from_verdict(verdict: dict[str, Any], key: str, name: str) -> LabCheck:
+def _from_verdict(verdict: dict[str, Check], key: str, name: str) -> LabCheck:
     c = verdict.get(key)
     if c is None:
         return LabCheck(name, "skipped", "not checked")
-    text = f"observed {c.get('observed')} vs limit {c.get('limit')}"
-    return LabCheck(name, "passed" if c.get("passed") else "failed", text, c.get("detail") or "")
+    text = f"observed {c.observed} vs limit {c.limit}"
+    return LabCheck(name, "passed" if c.passed else "failed", text, c.detail)
 
 
-def _prediction(verdict: dict[str, Any]) -> LabCheck:
+def _prediction(verdict: dict[str, Check]) -> LabCheck:
     parts = [verdict[k] for k in ("prediction decode", "prediction memory") if k in verdict]
     if not parts:
         return LabCheck(PREDICTION, "skipped", "not checked")
-    failed = [c for c in parts if not c.get("passed")]
-    text = "; ".join(str(c.get("detail") or "") for c in parts)
+    failed = [c for c in parts if not c.passed]
+    text = "; ".join(c.detail for c in parts)
     if not failed:
         return LabCheck(PREDICTION, "passed", text)
-    if any(c.get("severity", "error") == "error" for c in failed):
+    if any(c.severity == "error" for c in failed):
         return LabCheck(PREDICTION, "failed", text)
     return LabCheck(PREDICTION, "passed", f"warning (not strict): {text}")
 
@@ -98,6 +98,6 @@ def _regression(o: BoardOutcome) -> LabCheck:
     return LabCheck(REGRESSION, "failed" if r.regressed else "passed", r.describe())
 
 
-def _detail(verdict: dict[str, Any], key: str) -> str:
+def _detail(verdict: dict[str, Check], key: str) -> str:
     c = verdict.get(key)
-    return f"{key}: {'ok' if c.get('passed') else 'FAILED'} ({c.get('observed')})" if c else ""
+    return f"{key}: {'ok' if c.passed else 'FAILED'} ({c.observed})" if c else ""

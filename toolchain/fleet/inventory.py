@@ -14,8 +14,9 @@ from typing import Any
 from toolchain.core.config import field, load_yaml
 from toolchain.core.errors import BadInputError
 from toolchain.core.nouns import Budget, TargetSpec
-from toolchain.core.units import parse_budget, parse_duration_ms
+from toolchain.core.units import parse_duration_ms
 from toolchain.fleet.durations import fmt_duration, parse_duration_s
+from toolchain.plan.request import PlanRequest, build_plan_request, resolve_budget
 from toolchain.transports.targets import KINDS, resolve_target
 
 # Stages a board goes through, in order; "lock" is the wait for the board lock.
@@ -23,7 +24,6 @@ STAGES = ("lock", "connect", "probe", "provision", "plan", "package", "transfer"
 DEFAULT_STAGE_S = {"connect": 60.0, "probe": 300.0, "provision": 900.0, "plan": 120.0, "package": 300.0, "transfer": 1800.0,
                    "run": 1800.0, "validate": 60.0}
 DEFAULT_JOB_S, DEFAULT_BOARD_S, DEFAULT_LOCK_WAIT_S = 7200.0, 3600.0, 600.0
-DEFAULT_BUDGET = "120ms"
 
 TOP_KEYS = {"name", "defaults", "labels", "boards", "timeouts", "retries", "lock", "history"}
 SETTING_KEYS = {"model", "quant", "budget", "ttft", "ctx", "threads", "plan", "probe", "strict_prediction", "timeouts"}
@@ -62,16 +62,34 @@ class LabBoard:
     name: str
     spec: TargetSpec
     labels: tuple[str, ...]
-    models: tuple[str, ...]
-    quants: tuple[str, ...]
-    budget: Budget
-    budget_given: bool
-    ctx: int | None
-    threads: int | None
-    plan_file: Path | None
+    request: PlanRequest  # built by the same function as the CLI's options (plan/request.py)
     quick_probe: bool
     strict_prediction: bool
     timeouts: Timeouts
+
+    @property
+    def budget(self) -> Budget:
+        return self.request.budget
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return self.request.models + tuple(str(p) for p in self.request.paths)
+
+    @property
+    def quants(self) -> tuple[str, ...]:
+        return self.request.quants
+
+    @property
+    def ctx(self) -> int | None:
+        return self.request.ctx
+
+    @property
+    def threads(self) -> int | None:
+        return self.request.overrides.threads
+
+    @property
+    def plan_file(self) -> Path | None:
+        return self.request.plan_file
 
 
 @dataclass(frozen=True)
@@ -172,20 +190,24 @@ def _board(name: str, entry: Any, where: str, base_dir: Path, defaults: dict[str
         value, at = settings[k]
         return field({k: value}, k, typ, at)
 
-    budget_text, budget_at = settings.get("budget", (DEFAULT_BUDGET, ""))
-    budget = _parse(lambda: parse_budget(str(budget_text)), f"{budget_at}.budget")
+    budget_text = settings["budget"][0] if "budget" in settings else None
     ttft = get("ttft", str)
+    # The budget and ttft are checked first, on their own, so an error names the layer that set them.
+    if budget_text is not None:
+        _parse(lambda: resolve_budget(str(budget_text)), f"{settings['budget'][1]}.budget")
     if ttft is not None:
-        budget = replace(budget, ttft_ms=_parse(lambda: parse_duration_ms(ttft, "ttft"), f"{settings['ttft'][1]}.ttft"))
+        _parse(lambda: parse_duration_ms(ttft, "ttft"), f"{settings['ttft'][1]}.ttft")
     probe = get("probe", str, "full")
     if probe not in ("full", "quick"):
         raise BadInputError(f"{settings['probe'][1]}.probe is {probe!r}", "use full or quick (quick skips bandwidth and storage measurements)")
     plan = get("plan", str)
+    spec = _spec(name, entry, where, key)
+    request = _parse(lambda: build_plan_request(
+        budget=None if budget_text is None else str(budget_text), ttft=ttft, ctx=get("ctx", int), models=_names(settings.get("model")),
+        quants=_names(settings.get("quant")), threads=get("threads", int), plan_file=(base_dir / plan) if plan else None,
+        board=spec.board), f"{where}: {key}")
     return LabBoard(
-        name=name, spec=_spec(name, entry, where, key), labels=tuple(board_labels),
-        models=_names(settings.get("model")), quants=_names(settings.get("quant")),
-        budget=budget, budget_given="budget" in settings, ctx=get("ctx", int), threads=get("threads", int),
-        plan_file=(base_dir / plan) if plan else None, quick_probe=probe == "quick",
+        name=name, spec=spec, labels=tuple(board_labels), request=request, quick_probe=probe == "quick",
         strict_prediction=bool(get("strict_prediction", bool, False)), timeouts=timeouts.timeouts,
     )
 

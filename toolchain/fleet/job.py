@@ -18,14 +18,14 @@ from toolchain.fleet.classify import FailureClass, lab_exit_code
 from toolchain.fleet.document import lab_document, latencies_ms, load_facts
 from toolchain.fleet.html import render_html
 from toolchain.fleet.inventory import Lab
-from toolchain.fleet.junit import write_lab_junit
 from toolchain.fleet.live import LiveView
 from toolchain.fleet.locks import ci_job
 from toolchain.fleet.regression import check_regression
-from toolchain.fleet.scheduler import BoardOutcome, LabRunner, ShipFn
+from toolchain.fleet.scheduler import BoardOutcome, DeployFn, LabRunner
 from toolchain.fleet.summary import publish_step_summary, render_summary
 from toolchain.plan.calibration import fingerprint
 from toolchain.store.history import BoardRecord, History, RunRecord, default_url
+from toolchain.verdict.junit import Case, Suite, write_junit
 from toolchain.verdict.report import new_run_dir
 
 LAB_FILES = ("report.json", "junit.xml", "report.html", "summary.md")
@@ -41,7 +41,7 @@ class LabRun:
 
 
 def run_lab(lab: Lab, *, labels: list[str] | None = None, parallel: int | None = None, history_url: str | None = None,
-            probe_only: bool = False, console: Console | None = None, ship_fn: ShipFn | None = None) -> LabRun:
+            probe_only: bool = False, console: Console | None = None, deploy_fn: DeployFn | None = None) -> LabRun:
     boards = lab.select(labels)
     # Measurements go to the history; a probe-only health check has none. Opened first: a
     # database that cannot be reached fails the job before any board is touched.
@@ -50,7 +50,7 @@ def run_lab(lab: Lab, *, labels: list[str] | None = None, parallel: int | None =
         run_dir = new_run_dir(f"lab-{lab.name}")
         started = datetime.now(UTC)
         n = max(1, min(parallel or DEFAULT_PARALLEL, len(boards)))
-        runner = LabRunner(lab, boards, parallel=n, run_dir=run_dir, probe_only=probe_only, ship_fn=ship_fn)
+        runner = LabRunner(lab, boards, parallel=n, run_dir=run_dir, probe_only=probe_only, deploy_fn=deploy_fn)
         if console is not None:
             runner.view = LiveView(console, f"lab {lab.name}: {len(boards)} board(s), {n} at a time ({'probe only' if probe_only else 'full run'})")
             with runner.view:
@@ -79,7 +79,7 @@ def run_lab(lab: Lab, *, labels: list[str] | None = None, parallel: int | None =
 
 def write_lab_reports(run_dir: Path, doc: dict[str, Any], outcomes: list[BoardOutcome], trend: list[plots.TrendPoint]) -> None:
     (run_dir / "report.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    write_lab_junit(run_dir / "junit.xml", doc)
+    write_junit(run_dir / "junit.xml", lab_suites(doc), name=f"edgedeploy lab {doc['lab']['name']}", duration_s=doc["duration_s"])
     by_name = {o.name: o for o in outcomes}
     series = [_series(row, by_name[row["name"]]) for row in doc["boards"]]
     (run_dir / "report.html").write_text(render_html(doc, series, trend, run_dir))
@@ -88,14 +88,28 @@ def write_lab_reports(run_dir: Path, doc: dict[str, Any], outcomes: list[BoardOu
     publish_step_summary(summary)
 
 
+def lab_suites(doc: dict[str, Any]) -> list[Suite]:
+    """One JUnit suite per board, its lab checks as cases, its identity as properties."""
+    suites = []
+    for b in doc["boards"]:
+        props = {k: str(b[k]) for k in ("target", "status", "failure_class", "retries", "fingerprint", "model", "quant", "gguf_sha256",
+                                        "llama_cpp_version", "run_dir") if b.get(k) is not None}
+        props |= {"labels": ",".join(b["labels"]), "edgedeploy_version": doc["edgedeploy_version"]}
+        cases = [Case(c["name"], c["outcome"], c["message"], c["detail"]) for c in b["checks"]]
+        suites.append(Suite(b["name"], f"edgedeploy.lab.{b['name']}", cases, duration_s=b["duration_s"], timestamp=doc["started_at"],
+                            properties=props, failure_type=b["failure_class"] or "result",
+                            system_out=f"{b['name']}: {b['status']}" + (f"\n{b['error']}" if b["error"] else "")))
+    return suites
+
+
 def _judge_regressions(history: History, outcomes: list[BoardOutcome]) -> None:
     """A passing board whose decode speed fell by more than its noise fails as a result."""
     for o in outcomes:
-        tel = (o.report or {}).get("telemetry")
-        sel = ((o.report or {}).get("plan") or {}).get("selected") or {}
-        if not o.passed or not tel or not tel.get("decode_tokens_per_s"):
+        tel = o.report.telemetry if o.report else None
+        sel = o.report.plan.selected if o.report and o.report.plan else None
+        if not o.passed or tel is None or not tel.decode_tokens_per_s:
             continue
-        check = check_regression(float(tel["decode_tokens_per_s"]), history.baseline(o.name, sel.get("model"), sel.get("quant")))
+        check = check_regression(float(tel.decode_tokens_per_s), history.baseline(o.name, sel.model if sel else None, sel.quant if sel else None))
         o.regression = check
         if check is not None and check.regressed:
             o.passed, o.failure, o.exit_code = False, FailureClass.RESULT, EXIT_VALIDATION
@@ -109,26 +123,23 @@ def _run_record(lab: Lab, started: datetime, finished: datetime, exit_code: int,
 
 
 def _board_record(o: BoardOutcome) -> BoardRecord:
-    r = o.report or {}
-    tel = r.get("telemetry") or {}
-    sel = (r.get("plan") or {}).get("selected") or {}
-    budget = (r.get("plan") or {}).get("budget") or {}
+    r = o.report
+    tel = r.telemetry if r else None
+    plan = r.plan if r else None
+    sel = plan.selected if plan else None
     facts = load_facts(o.run_dir)
-
-    def num(key: str, scale: float = 1.0) -> float | None:
-        v = tel.get(key)
-        return float(v) * scale if isinstance(v, (int, float)) else None
-
     return BoardRecord(
         board=o.name, measured_at=o.started_at, passed=o.passed, exit_code=o.exit_code, labels=o.labels, target=o.target,
-        failure_class=o.failure.value if o.failure else None, retries=o.retries, model=sel.get("model"), quant=sel.get("quant"),
-        gguf_sha256=(r.get("release") or {}).get("model_sha256") or tel.get("model_sha256"), llama_cpp=tel.get("llama_cpp"),
-        fingerprint=fingerprint(facts) if facts else None, decode_tokens_per_s=num("decode_tokens_per_s"),
-        predicted_decode_tokens_per_s=(sel.get("predicted") or {}).get("decode_tokens_per_s"), decode_ms_p50=num("decode_ms_p50"),
-        ttft_ms=num("ttft_s", 1000.0),
-        peak_rss_bytes=int(tel["peak_rss_bytes"]) if tel.get("peak_rss_bytes") else None,
-        temperature_before_c=num("temperature_before_c"), temperature_after_c=num("temperature_after_c"),
-        budget_ms=budget.get("decode_ms_per_token"), regression=bool(o.regression and o.regression.regressed), run_dir=o.run_dir,
+        failure_class=o.failure.value if o.failure else None, retries=o.retries, model=sel.model if sel else None,
+        quant=sel.quant if sel else None,
+        gguf_sha256=(r.release.model_sha256 if r and r.release else None) or (tel.model_sha256 if tel else None),
+        llama_cpp=tel.llama_cpp if tel else None, fingerprint=fingerprint(facts) if facts else None,
+        decode_tokens_per_s=tel.decode_tokens_per_s if tel else None,
+        predicted_decode_tokens_per_s=sel.predicted.decode_tokens_per_s if sel else None,
+        decode_ms_p50=tel.decode_ms_p50 if tel else None, ttft_ms=tel.ttft_s * 1000.0 if tel else None,
+        peak_rss_bytes=tel.peak_rss_bytes or None if tel else None,
+        temperature_before_c=tel.temperature_before_c if tel else None, temperature_after_c=tel.temperature_after_c if tel else None,
+        budget_ms=plan.budget.decode_ms_per_token if plan else None, regression=bool(o.regression and o.regression.regressed), run_dir=o.run_dir,
     )
 
 

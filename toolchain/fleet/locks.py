@@ -22,7 +22,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 from toolchain.core.errors import TargetError
 from toolchain.transports.base import Transport
@@ -221,9 +220,12 @@ class BoardLock:
 
 def _holder(owner_json: str, now: float | None) -> Holder | None:
     try:
-        doc: dict[str, Any] = json.loads(owner_json)
+        doc: object = json.loads(owner_json)
     except ValueError:
         return None
-    exp = doc.get("expires_at")
-    return Holder(owner=str(doc.get("owner") or "unknown owner"), job=doc.get("job"), lab=doc.get("lab"),
+    if not isinstance(doc, dict):  # another tool's file, or a half-written one
+        return None
+    exp, job, lab = doc.get("expires_at"), doc.get("job"), doc.get("lab")
+    return Holder(owner=str(doc.get("owner") or "unknown owner"), job=str(job) if job is not None else None,
+                  lab=str(lab) if lab is not None else None,
                   expires_in_s=(float(exp) - now) if isinstance(exp, (int, float)) and now is not None else None)

@@ -1,12 +1,14 @@
-"""Run every selected board of a lab concurrently: lock the board, ship (probe, plan, package,
-transfer, run, validate), retry infrastructure failures with backoff, enforce nested timeouts.
+"""Run every selected board of a lab concurrently: connect, lock the board, deploy over that same
+connection (probe, plan, package, transfer, run, validate), retry infrastructure failures with
+backoff, enforce nested timeouts.
 
-pipeline.ship is the unit of work per board; a pool of worker threads runs them, so one board's
-failure never stops another. Python threads cannot be killed, so timeouts are enforced twice: a
-watchdog in the calling thread gives up on an overrunning board at once (its result is recorded
-as an infrastructure timeout and the rest of the lab goes on), and the abandoned worker aborts
-at its next stage boundary, where pipeline.ship calls back. The worker keeps its board lock
-(and heartbeat) until it really stops, so nobody else deploys over it in the meantime.
+pipeline.deploy is the unit of work per board; a pool of worker threads runs them, so one board's
+failure never stops another. Each board's progress goes to its own event sink (its pipeline.log,
+and the stage hook below); no shared output is redirected. Python threads cannot be killed, so
+timeouts are enforced twice: a watchdog in the calling thread gives up on an overrunning board at
+once (its result is recorded as an infrastructure timeout and the rest of the lab goes on), and
+the abandoned worker aborts at its next stage boundary, where the sink's stage hook raises. The
+worker keeps its board lock (and heartbeat) until it really stops, so nobody else deploys over it.
 """
 
 from __future__ import annotations
@@ -20,15 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO
 
-from toolchain.core.errors import EXIT_OK, EXIT_TARGET, EdgeDeployError, TargetError
+from toolchain.core.errors import EXIT_OK, EXIT_TARGET, EdgeDeployError, FailureClass, InternalError, TargetError
+from toolchain.core.events import Events, LineEvents
 from toolchain.core.nouns import Check, TargetSpec, Verdict
 from toolchain.core.serde import to_json_dict
 from toolchain.deploy import pipeline
-from toolchain.deploy.pipeline import PlanRequest, ShipResult
-from toolchain.fleet import output
-from toolchain.fleet.classify import FailureClass, classify_exit, retryable, status_text
+from toolchain.deploy.pipeline import DeployRequest
+from toolchain.fleet.classify import retryable, status_text
 from toolchain.fleet.durations import fmt_duration
 from toolchain.fleet.inventory import Lab, LabBoard
 from toolchain.fleet.live import BoardLine, LiveView
@@ -36,15 +38,21 @@ from toolchain.fleet.locks import BoardLock, Holder, LockBusy, LockError
 from toolchain.fleet.regression import RegressionCheck
 from toolchain.models.catalog import load_catalog
 from toolchain.models.sources import obtain
-from toolchain.plan.basis import Overrides
 from toolchain.probe.reach import deploy_root, probe_target
+from toolchain.transports.base import Transport
 from toolchain.transports.factory import connect
-from toolchain.verdict.report import new_run_dir, write_reports
+from toolchain.verdict.report import Report, ShipFailed, new_run_dir, write_reports
 
 WATCH_S = 0.2  # how often the watchdog and the live view look at the boards
 LOCK_GRACE_S = 30.0  # the lock enforces its own wait; the watchdog only catches a hung link there
 
-ShipFn = Callable[..., ShipResult]
+# pipeline.deploy's shape: (the connection the lab holds the lock on, the request, the board's
+# event sink, the run directory) -> Report, raising ShipFailed. Tests pass a scripted board.
+DeployFn = Callable[[Transport, DeployRequest, Events, Path], Report]
+
+
+def _deploy(transport: Transport, request: DeployRequest, events: Events, run_dir: Path) -> Report:
+    return pipeline.deploy(transport, request, events, run_dir=run_dir)
 
 
 class StageTimeout(TargetError):
@@ -71,7 +79,7 @@ class BoardOutcome:
     hint: str | None = None
     attempts: int = 0
     reached: bool = False  # a command ran on the board (connected) at least once
-    report: dict[str, Any] | None = None  # the board's ship report.json
+    report: Report | None = None  # the board's run report (report.json is its document)
     run_dir: str | None = None
     stages: list[StageTime] = field(default_factory=list)
     lock_waited_s: float = 0.0
@@ -115,14 +123,14 @@ class _Job:
 
 class LabRunner:
     def __init__(self, lab: Lab, boards: tuple[LabBoard, ...], *, parallel: int, run_dir: Path, probe_only: bool = False,
-                 view: LiveView | None = None, ship_fn: ShipFn | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 view: LiveView | None = None, deploy_fn: DeployFn | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.lab = lab
         self.boards = boards
         self.parallel = max(1, min(parallel, len(boards)))
         self.run_dir = run_dir
         self.probe_only = probe_only
         self.view = view
-        self.ship_fn: ShipFn = ship_fn or pipeline.ship
+        self.deploy_fn: DeployFn = deploy_fn or _deploy
         self.clock = clock
         self._cond = threading.Condition()
         self._jobs: list[_Job] = []
@@ -139,16 +147,15 @@ class LabRunner:
             todo.put(job)
         start = self.clock()
         job_deadline = start + self.lab.timeouts.job_s
-        with output.routed():
-            for i in range(self.parallel):
-                threading.Thread(target=self._worker, args=(todo,), name=f"lab-worker-{i}", daemon=True).start()
-            while True:
-                with self._cond:
-                    if all(j.state == "done" for j in self._jobs):
-                        break
-                    self._cond.wait(WATCH_S)
-                    self._watchdog(self.clock(), job_deadline)
-                self._show()
+        for i in range(self.parallel):
+            threading.Thread(target=self._worker, args=(todo,), name=f"lab-worker-{i}", daemon=True).start()
+        while True:
+            with self._cond:
+                if all(j.state == "done" for j in self._jobs):
+                    break
+                self._cond.wait(WATCH_S)
+                self._watchdog(self.clock(), job_deadline)
+            self._show()
         self._show()
         return [j.outcome for j in self._jobs]
 
@@ -222,24 +229,25 @@ class LabRunner:
                 job.state, job.t0 = "running", self.clock()
                 job.stage_t0 = job.t0
             log = self.run_dir / "boards" / job.board.name / "pipeline.log"
-            with output.board_log(log):
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a") as out:  # one file across retries
                 try:
-                    self._run_board(job)
+                    self._run_board(job, out)
                 except StageTimeout:
                     pass  # abandoned between attempts: the watchdog recorded it
-                except Exception as exc:  # never let one board take a worker (and the boards queued behind it) down
-                    traceback.print_exc(file=output.current_sink())
+                except Exception as exc:  # a bug: never let one board take a worker (and the boards queued behind it) down
+                    traceback.print_exc(file=out)
+                    bug = InternalError.wrap(exc)
                     with self._cond:
                         if job.state != "done":
                             o = job.outcome
-                            o.failure, o.exit_code = FailureClass.INFRASTRUCTURE, EXIT_TARGET
-                            o.error, o.hint = f"{o.name}: unexpected {type(exc).__name__}: {exc}", "see the board's pipeline.log"
+                            o.failure, o.exit_code = bug.failure_class, bug.exit_code
+                            o.error, o.hint = f"{o.name}: {bug.message}", "see the board's pipeline.log; " + bug.hint
                             self._done(job)
 
-    def _run_board(self, job: _Job) -> None:
+    def _run_board(self, job: _Job, log: IO[str]) -> None:
         board, policy = job.board, self.lab.retry
-        code, error, hint, report = EXIT_TARGET, None, None, None
-        no_retry = False
+        result = _Attempt(EXIT_TARGET, FailureClass.INFRASTRUCTURE)
         for attempt in range(1, policy.attempts + 1):
             with self._cond:
                 if job.abandoned:
@@ -247,29 +255,30 @@ class LabRunner:
                 job.attempt = attempt
                 job.outcome.attempts = attempt
                 job.run_dir = None
-            code, error, hint, report, no_retry = self._attempt(job)
-            failure = classify_exit(code)
-            if not (retryable(failure) and not no_retry and attempt < policy.attempts):
+            result = self._attempt(job, log)
+            if not (retryable(result.failure) and not result.no_retry and attempt < policy.attempts):
                 break
             delay = policy.delay_s(attempt)
             if self.clock() - job.t0 + delay >= board.timeouts.board_s:
                 break  # no time left in the board's timeout for another try
-            self._set_stage(job, "retry", f"{error}; next try in {delay:g} s")
+            self._set_stage(job, "retry", f"{result.error}; next try in {delay:g} s")
             if job.wake.wait(delay):
                 return  # abandoned while backing off
         with self._cond:
             if job.abandoned:
                 return  # the watchdog already recorded this board
             o = job.outcome
-            o.exit_code, o.failure, o.error, o.hint = code, classify_exit(code), error, hint
-            o.report = report
+            o.exit_code, o.failure, o.error, o.hint = result.exit_code, result.failure, result.error, result.hint
+            o.report = result.report
             o.run_dir = str(job.run_dir) if job.run_dir else None
             self._done(job)
 
-    def _attempt(self, job: _Job) -> tuple[int, str | None, str | None, dict[str, Any] | None, bool]:
-        """One try: (exit code, error, hint, the board's report, whether a retry is pointless)."""
+    def _attempt(self, job: _Job, log: IO[str]) -> _Attempt:
+        """One try: connect, take the board lock over that connection, deploy over it too (a
+        serial console can be opened only once)."""
         board = job.board
         spec = board.spec
+        events = LineEvents(log, on_stage=lambda name: self._set_stage(job, name))
         try:
             self._set_stage(job, "connect")
             with connect(spec, accept_new_host_key=spec.host_key == "accept-new") as transport:
@@ -288,45 +297,41 @@ class LabRunner:
                     job.outcome.lock_waited_s += self.clock() - t_lock
                     job.outcome.lock_waited_for = lock.waited_for.describe() if lock.waited_for else None
                     job.outcome.lock_took_over = lock.took_over.describe() if lock.took_over else None
+                    run_dir = new_run_dir(board.name)
+                    job.run_dir = run_dir
                     if self.probe_only:
-                        code, report = self._probe(job, transport, root)
+                        report = self._probe(job, transport, root, events, run_dir)
                     else:
-                        result = self.ship_fn(spec, _plan_request(board), quick_probe=board.quick_probe,
-                                              strict_prediction=board.strict_prediction, on_stage=self._stage_hook(job))
-                        code, report = result.exit_code, result.report
-                        job.run_dir = result.run_dir
+                        request = DeployRequest(target=spec, plan=board.request, deploy_dir=root, quick_probe=board.quick_probe,
+                                                strict_prediction=board.strict_prediction)
+                        report = self.deploy_fn(transport, request, events, run_dir)
                 if lock.lost:
                     raise TargetError(f"{board.name}: lost the board lock while working (it expired and another job took it over)",
                                       "the link to the board stalled longer than lock.ttl; raise lock.ttl in the lab file")
-            return code, report.get("error") if code else None, report.get("hint") if code else None, report, False
+            return _Attempt(EXIT_OK, None, report=report)
         except LockError as exc:  # the board answered; its lock is the problem
             job.outcome.reached = True
-            return exc.exit_code, exc.message, exc.hint, None, isinstance(exc, LockBusy)  # busy: waited the full lock_wait already
+            return _Attempt.of(exc, None, no_retry=isinstance(exc, LockBusy))  # busy: waited the full lock_wait already
+        except ShipFailed as exc:
+            return _Attempt.of(exc.cause, exc.report, no_retry=isinstance(exc.cause, StageTimeout))
         except EdgeDeployError as exc:
-            return exc.exit_code, exc.message, exc.hint, self._saved_report(job), isinstance(exc, StageTimeout)
-        except Exception as exc:  # a bug or an unforeseen library error: recorded, never fatal to the lab
-            traceback.print_exc(file=output.current_sink())
-            return EXIT_TARGET, f"{board.name}: unexpected {type(exc).__name__}: {exc}", "see the board's pipeline.log", self._saved_report(job), True
+            return _Attempt.of(exc, self._saved_report(job), no_retry=isinstance(exc, StageTimeout))
+        except Exception as exc:  # a bug or an unforeseen library error: recorded, never fatal to the lab, never retried
+            traceback.print_exc(file=log)
+            bug = InternalError.wrap(exc)
+            return _Attempt(bug.exit_code, bug.failure_class, f"{board.name}: {bug.message}", "see the board's pipeline.log; " + bug.hint,
+                            self._saved_report(job), no_retry=True)
 
-    def _probe(self, job: _Job, transport: Any, root: str) -> tuple[int, dict[str, Any]]:
+    def _probe(self, job: _Job, transport: Transport, root: str, events: Events, run_dir: Path) -> Report:
         """--probe-only: reachability and facts, no deployment (a fleet health check)."""
-        run_dir = new_run_dir(job.board.name)
-        job.run_dir = run_dir
         self._set_stage(job, "probe")
         spec = job.board.spec
-        facts = probe_target(spec, transport, root, quick=job.board.quick_probe)
+        facts = probe_target(spec, transport, root, events, quick=job.board.quick_probe)
         (run_dir / "facts.json").write_text(json.dumps(to_json_dict(facts), indent=2) + "\n")
         verdict = Verdict(True, [Check("reachable", True, f"probed in {facts.probe_s:.1f} s", "answers over its transport")])
-        report = {"target": spec.name, "plan": None, "release": None, "telemetry": None, "verdict": to_json_dict(verdict)}
-        write_reports(run_dir, report)
-        return EXIT_OK, report
-
-    def _stage_hook(self, job: _Job) -> Callable[[str, Path], None]:
-        def on_stage(name: str, run_dir: Path) -> None:
-            job.run_dir = run_dir
-            self._set_stage(job, name)
-
-        return on_stage
+        report = Report(target=spec.name, run_dir=str(run_dir), verdict=verdict)
+        write_reports(report)
+        return report
 
     def _set_stage(self, job: _Job, stage: str, note: str = "") -> None:
         """Record a stage change; in an abandoned worker, stop here (the cooperative half of timeouts)."""
@@ -343,19 +348,25 @@ class LabRunner:
             self._cond.notify_all()
 
     @staticmethod
-    def _saved_report(job: _Job) -> dict[str, Any] | None:
-        if job.run_dir is None:
+    def _saved_report(job: _Job) -> Report | None:
+        """What an attempt that failed outside the pipeline left: only the run directory is known."""
+        if job.run_dir is None or not (job.run_dir / "report.json").exists():
             return None
-        try:
-            doc = json.loads((job.run_dir / "report.json").read_text())
-            return doc if isinstance(doc, dict) else None
-        except (OSError, ValueError):
-            return None
+        return Report(target=job.board.spec.name, run_dir=str(job.run_dir), verdict=Verdict(False, []))
 
 
-def _plan_request(board: LabBoard) -> PlanRequest:
-    return PlanRequest(budget=board.budget, budget_given=board.budget_given, plan_file=board.plan_file, ctx=board.ctx,
-                       models=board.models, quants=board.quants, overrides=Overrides(threads=board.threads), board=board.spec.board)
+@dataclass(frozen=True)
+class _Attempt:
+    exit_code: int
+    failure: FailureClass | None
+    error: str | None = None
+    hint: str | None = None
+    report: Report | None = None
+    no_retry: bool = False  # retrying cannot help (waited out the lock already, timed out, a bug)
+
+    @classmethod
+    def of(cls, exc: EdgeDeployError, report: Report | None, *, no_retry: bool = False) -> _Attempt:
+        return cls(exc.exit_code, exc.failure_class, exc.message, exc.hint, report, no_retry or exc.failure_class is FailureClass.INTERNAL)
 
 
 def _target_text(spec: TargetSpec) -> str:

@@ -127,8 +127,8 @@ def entry_from_gguf(path: Path) -> ModelEntry:
     """A local GGUF as a one-quant catalog entry: every number from its tensor table."""
     info = read_gguf(path)
     a = info.arch
-    missing = [k for k in ("n_layer", "n_embd", "n_head", "n_ff", "n_vocab") if a.get(k) is None]
-    if missing:
+    missing = [k for k in ("n_layer", "n_embd", "n_head", "n_ff", "n_vocab", "head_dim") if a.get(k) is None]
+    if missing or a["n_layer"] is None or a["n_embd"] is None or a["head_dim"] is None or a["n_vocab"] is None:  # repeated so mypy narrows them
         raise BadInputError(f"{path}: GGUF metadata lacks {', '.join(missing)} for {info.architecture}", "is this a language model GGUF?")
     arch = Arch(
         n_layer=int(a["n_layer"]), n_embd=int(a["n_embd"]), n_head=_int_or_list(a["n_head"]),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from toolchain.core.errors import BadInputError
 
@@ -26,6 +26,24 @@ class TensorInfo:
     n_bytes: int
 
 
+class GGUFArch(TypedDict):
+    """The architecture's hyperparameters from `<arch>.*` metadata; None where the file lacks one."""
+
+    n_layer: int | None
+    n_embd: int | None
+    n_head: int | list[int] | None  # a list when it varies per layer
+    n_head_kv: int | list[int] | None
+    head_dim: int | None
+    head_dim_v: int | None
+    n_ff: int | list[int] | None
+    n_vocab: int | None
+    context_length: int | None
+    sliding_window: int | None
+    swa_pattern: int | list[bool] | None  # a period, or per layer: true = sliding
+    n_expert: int
+    n_expert_used: int
+
+
 @dataclass(frozen=True)
 class GGUFInfo:
     path: str
@@ -38,7 +56,7 @@ class GGUFInfo:
     token_embd_bytes: int
     output_bytes: int  # 0 when tied (no output.weight)
     tensors: list[TensorInfo]
-    arch: dict[str, Any]  # n_layer, n_embd, n_head, n_head_kv, head_dim, n_ff, n_vocab, ...
+    arch: GGUFArch
 
     @property
     def tied_embeddings(self) -> bool:
@@ -99,7 +117,7 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
     return digest.hexdigest()
 
 
-def _value(field: Any) -> Any:
+def _value(field: Any) -> object:  # a gguf.ReaderField (the package is untyped)
     try:
         return field.contents()
     except Exception:  # exotic field types: metadata we do not need
@@ -121,31 +139,48 @@ def _dominant_type(tensors: list[TensorInfo]) -> str:
     return max(weight, key=lambda k: weight[k])
 
 
-def _arch_facts(fields: dict[str, Any], arch: str, reader: Any) -> dict[str, Any]:
-    def get(key: str, default: Any = None) -> Any:
-        return fields.get(f"{arch}.{key}", default)
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
-    n_embd = get("embedding_length")
-    n_head = get("attention.head_count")
-    head_dim = get("attention.key_length")
-    if head_dim is None and isinstance(n_embd, int) and isinstance(n_head, int) and n_head:
+
+def _ints(value: object) -> int | list[int] | None:
+    if isinstance(value, list):
+        return value if all(isinstance(v, int) and not isinstance(v, bool) for v in value) else None
+    return _int(value)
+
+
+def _pattern(value: object) -> int | list[bool] | None:
+    if isinstance(value, list):
+        return value if all(isinstance(v, bool) for v in value) else None
+    return _int(value)
+
+
+def _arch_facts(fields: dict[str, object], arch: str, reader: Any) -> GGUFArch:
+    def get(key: str) -> object:
+        return fields.get(f"{arch}.{key}")
+
+    n_embd = _int(get("embedding_length"))
+    n_head = _ints(get("attention.head_count"))
+    head_dim = _int(get("attention.key_length"))
+    if head_dim is None and n_embd is not None and isinstance(n_head, int) and n_head:
         head_dim = n_embd // n_head
-    n_vocab = get("vocab_size")
+    n_vocab = _int(get("vocab_size"))
     if n_vocab is None:
         tok = reader.fields.get("tokenizer.ggml.tokens")
         n_vocab = len(tok.data) if tok is not None else None
+    n_head_kv, head_dim_v = _ints(get("attention.head_count_kv")), _int(get("attention.value_length"))
     return {
-        "n_layer": get("block_count"),
+        "n_layer": _int(get("block_count")),
         "n_embd": n_embd,
         "n_head": n_head,
-        "n_head_kv": get("attention.head_count_kv", n_head),
+        "n_head_kv": n_head if n_head_kv is None else n_head_kv,
         "head_dim": head_dim,
-        "head_dim_v": get("attention.value_length", head_dim),
-        "n_ff": get("feed_forward_length"),
+        "head_dim_v": head_dim if head_dim_v is None else head_dim_v,
+        "n_ff": _ints(get("feed_forward_length")),
         "n_vocab": n_vocab,
-        "context_length": get("context_length"),
-        "sliding_window": get("attention.sliding_window"),
-        "swa_pattern": get("attention.sliding_window_pattern"),
-        "n_expert": get("expert_count", 0) or 0,
-        "n_expert_used": get("expert_used_count", 0) or 0,
+        "context_length": _int(get("context_length")),
+        "sliding_window": _int(get("attention.sliding_window")),
+        "swa_pattern": _pattern(get("attention.sliding_window_pattern")),
+        "n_expert": _int(get("expert_count")) or 0,
+        "n_expert_used": _int(get("expert_used_count")) or 0,
     }

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from toolchain.core.errors import BadInputError
-from toolchain.core.nouns import Basis, HostFacts
+from toolchain.core.nouns import Basis, HostFacts, Prediction
 from toolchain.models.catalog import ModelEntry, check_quant, entry_from_gguf, lookup
 from toolchain.models.gguf_reader import read_gguf
 from toolchain.models.sources import WheelSource, availability, cached_path
@@ -63,8 +62,8 @@ class Overrides:
     threads: int | None = None
 
 
-def build_basis(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides, corr: calibration.Correction | None = None,
-                records: list[dict[str, Any]] | None = None) -> tuple[Basis, SpeedBasis, int]:
+def build_basis(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides,
+                records: list[calibration.DeviceMeasurement] | None = None) -> tuple[Basis, SpeedBasis, int]:
     """Returns (basis shown to the user, speed basis for the model, decode threads).
 
     records: this device's stored measurements (default: loaded by the facts' fingerprint)."""
@@ -112,6 +111,21 @@ def build_basis(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides,
                        per_layer_overhead_s=PER_LAYER_OVERHEAD_S if ov.backend == "cpu" else 0.0,
                        memory_offset_bytes=mem_offset)
     return basis, speed, threads
+
+
+def uncorrected_decode_s(basis: Basis, pred: Prediction) -> float:
+    """The decode seconds per token the plan would have predicted on the class defaults, without
+    this device's fit: the basis its measurement is stored against (calibration.measurement)."""
+    if basis.efficiency_source.startswith("--efficiency"):
+        return pred.decode_ms_per_token / 1000.0  # a given efficiency is never fitted
+    eta, overhead = DEFAULT_EFFICIENCY.get((basis.device_class, basis.backend), GPU_FALLBACK)
+    factors = QUANT_FACTORS if basis.backend == "cpu" else {}
+    by_type = pred.bytes_by_type or {pred.kernel_family: pred.bytes_per_token - pred.streamed_bytes_per_token}
+    mem = sum(b / (basis.bandwidth_bytes_per_s * eta * factors.get(t, 1.0)) for t, b in by_type.items())
+    storage = basis.storage_read_bytes_per_s
+    stream = pred.streamed_bytes_per_token / storage if pred.streamed_bytes_per_token and storage else 0.0
+    per_layer = max(0.0, pred.per_token_overhead_s - basis.per_token_overhead_s)  # the per-layer share: not fitted
+    return mem + stream + overhead + per_layer
 
 
 def _usable(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides) -> int:

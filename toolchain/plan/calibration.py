@@ -1,26 +1,33 @@
 """Every measurement on a device is stored; the next plan for that device is fitted to them.
 
-Records live in <data dir>/calibration.jsonl, keyed by a device fingerprint. Each holds what
-the runner measured (decode seconds per token, peak RSS) beside what the plan assumed (bytes
-per token, bandwidth, quant). fit_device turns a device's records into its own decode
-efficiency, per-token overhead and per-quant-family factors, so the first plan of a device
-uses the defaults and later plans converge on what it does. fit_published derives the
-defaults per device class from published-benchmarks.csv.
+Measurements (DeviceMeasurement) live in the one database of toolchain/store/history.py, keyed
+by a device fingerprint: what the runner measured (decode seconds per token, peak RSS) beside
+what the plan assumed (bytes per token, bandwidth, quant). fit_device turns a device's records
+into its own decode efficiency, per-token overhead and per-quant-family factors, so the first
+plan of a device uses the defaults and later plans converge on what it does. fit_published
+derives the defaults per device class from published-benchmarks.csv. The JSON-lines file of
+earlier versions (<data dir>/calibration.jsonl) is imported once, then renamed *.imported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import json
 import statistics
-import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from toolchain.core.nouns import HostFacts
+from toolchain.core.nouns import HostFacts, Plan, Telemetry
 from toolchain.core.paths import data_dir
+from toolchain.store.history import DeviceMeasurement, History, default_url
+
+__all__ = ["DeviceMeasurement", "correction", "fingerprint", "fit_device", "fit_published", "load", "record_run"]
 
 MAX_RECORDS = 50  # per fingerprint: recent behaviour wins over old firmware/kernels
 RIDGE = 0.01  # pull toward the defaults: a 100 % change of one eta costs what 10 % error on one record does
@@ -28,7 +35,7 @@ RIDGE = 0.01  # pull toward the defaults: a 100 % change of one eta costs what 1
 
 @dataclass(frozen=True)
 class Correction:
-    factor: float  # multiply predicted decode time by this
+    factor: float  # measured / predicted decode time, median
     records: int
     source: str
 
@@ -52,39 +59,99 @@ def fingerprint(facts: HostFacts) -> str:
     return f"{name}|{facts.cpu.arch}|{facts.cpu.cores}c|{gib}GiB"
 
 
-def store_path() -> Path:
+# --- the store ----------------------------------------------------------------------------------
+
+
+def load(fp: str, url: str | None = None) -> list[DeviceMeasurement]:
+    """The device's newest MAX_RECORDS measurements, oldest first."""
+    with _open(url) as h:
+        return h.measurements(fp, limit=MAX_RECORDS)
+
+
+def record_run(facts: HostFacts, plan: Plan, telemetry: Telemetry, url: str | None = None) -> None:
+    """Store what a shipped run measured against what its plan assumed."""
+    with _open(url) as h:
+        h.add_measurements([measurement(facts, plan, telemetry)])
+
+
+def measurement(facts: HostFacts, plan: Plan, telemetry: Telemetry, at: datetime | None = None) -> DeviceMeasurement:
+    """The record of a shipped run. Its predictions are put back on the uncorrected basis (class
+    defaults, no device fit, no RSS offset): the plan's own were made with the fit of the earlier
+    records, and a fit over corrected predictions would only see its own residuals."""
+    from toolchain.plan.basis import uncorrected_decode_s  # basis imports this module
+
+    sel = plan.selected
+    assert sel is not None
+    p = sel.predicted
+    return DeviceMeasurement(
+        fingerprint=fingerprint(facts), measured_at=at or datetime.now(UTC), model=sel.model, quant=sel.quant,
+        threads=sel.threads, ctx=sel.ctx, predicted_decode_s=uncorrected_decode_s(plan.basis, p),
+        measured_decode_s=1.0 / telemetry.decode_tokens_per_s, bytes_per_token=p.bytes_per_token,
+        predicted_peak_bytes=(p.bench_rss_bytes or p.peak_memory_bytes) - plan.basis.memory_offset_bytes,
+        measured_peak_bytes=telemetry.peak_rss_bytes, family=p.kernel_family, bytes_by_type=dict(p.bytes_by_type),
+        bandwidth_bytes_per_s=plan.basis.bandwidth_bytes_per_s,
+    )
+
+
+def legacy_path() -> Path:
     return data_dir() / "calibration.jsonl"
 
 
-def record(fp: str, data: dict[str, Any], path: Path | None = None) -> None:
-    path = path or store_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps({"fingerprint": fp, "time": time.time(), **data}, sort_keys=True) + "\n")
+@contextlib.contextmanager
+def _open(url: str | None) -> Iterator[History]:
+    with History(url or default_url()) as h:
+        import_legacy(h)
+        yield h
 
 
-def load(fp: str, path: Path | None = None) -> list[dict[str, Any]]:
-    path = path or store_path()
+def import_legacy(h: History, path: Path | None = None) -> int:
+    """Move the JSON-lines records of earlier versions into the database, once (the file is then
+    renamed *.imported); returns how many were imported."""
+    path = path or legacy_path()
     if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            item = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(item, dict) and item.get("fingerprint") == fp:
-            out.append(item)
-    return out[-MAX_RECORDS:]
+        return 0
+    with open(f"{path}.import-lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two processes opening at once must not import it twice
+        if not path.exists():
+            return 0
+        items = [m for m in (_from_legacy(line) for line in path.read_text().splitlines()) if m is not None]
+        h.add_measurements(items)
+        path.rename(path.with_name(path.name + ".imported"))
+    Path(f"{path}.import-lock").unlink(missing_ok=True)
+    return len(items)
 
 
-def correction(records: list[dict[str, Any]]) -> Correction:
-    """The median measured/predicted decode-time ratio (kept for reports; plans use fit_device)."""
-    ratios = [
-        float(r["measured_decode_s"]) / float(r["predicted_decode_s"])
-        for r in records
-        if r.get("predicted_decode_s") and r.get("measured_decode_s") and r.get("uncorrected", True)
-    ]
+def _from_legacy(line: str) -> DeviceMeasurement | None:
+    try:
+        r = json.loads(line)
+        if not isinstance(r, dict) or not r.get("fingerprint"):
+            return None
+        # uncorrected: false marked a prediction the old planner had already scaled: not comparable
+        pred = r.get("predicted_decode_s") if r.get("uncorrected", True) else None
+        return DeviceMeasurement(
+            fingerprint=str(r["fingerprint"]), measured_at=datetime.fromtimestamp(float(r.get("time", 0.0)), UTC),
+            model=str(r.get("model", "")), quant=str(r.get("quant", "")), threads=int(r.get("threads") or 0),
+            ctx=int(r.get("ctx") or 0), predicted_decode_s=float(pred) if pred else None,
+            measured_decode_s=float(r["measured_decode_s"]), bytes_per_token=int(r.get("bytes_per_token") or 0),
+            predicted_peak_bytes=_opt_int(r.get("predicted_peak_bytes")), measured_peak_bytes=_opt_int(r.get("measured_peak_bytes")),
+            family=str(r.get("family") or ""), bytes_by_type={str(k): int(v) for k, v in (r.get("bytes_by_type") or {}).items()},
+            bandwidth_bytes_per_s=float(r.get("bandwidth_bytes_per_s") or 0.0),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        return None  # a torn or foreign line: the old reader skipped those too
+
+
+def _opt_int(value: Any) -> int | None:
+    return int(value) if value else None
+
+
+# --- fitting (pure) -----------------------------------------------------------------------------
+
+
+def correction(records: list[DeviceMeasurement]) -> Correction:
+    """The median measured/predicted decode-time ratio against the uncorrected basis: how far
+    this device is from its class defaults (kept for reports; plans use fit_device)."""
+    ratios = [r.measured_decode_s / r.predicted_decode_s for r in records if r.predicted_decode_s and r.measured_decode_s]
     if not ratios:
         return Correction(1.0, 0, "default (no measurements of this device yet)")
     f = statistics.median(ratios)
@@ -100,7 +167,7 @@ def family_of(quant: str) -> str:
     return q
 
 
-def fit_device(records: list[dict[str, Any]], eta: float, overhead_s: float,
+def fit_device(records: list[DeviceMeasurement], eta: float, overhead_s: float,
                quant_factors: dict[str, float] | None = None, ridge: float = RIDGE) -> DeviceFit:
     """Seconds per token = sum over ggml types of bytes_t / (bandwidth x eta_t) + overhead, fitted
     to this device's measurements by least squares on relative error, each eta_t and the overhead
@@ -113,16 +180,13 @@ def fit_device(records: list[dict[str, Any]], eta: float, overhead_s: float,
     pts: list[tuple[dict[str, float], float]] = []
     mem: list[float] = []
     for r in records:
-        try:
-            y, bpt, bw = float(r["measured_decode_s"]), float(r["bytes_per_token"]), float(r["bandwidth_bytes_per_s"])
-        except (KeyError, TypeError, ValueError):
-            continue
+        y, bpt, bw = r.measured_decode_s, r.bytes_per_token, r.bandwidth_bytes_per_s
         if y <= 0 or bpt <= 0 or bw <= 0:
             continue
-        by_type = r.get("bytes_by_type") or {str(r.get("family") or family_of(str(r.get("quant", "")))): bpt}
-        pts.append(({str(t): float(b) / bw for t, b in by_type.items() if float(b) > 0}, y))
-        if r.get("measured_peak_bytes") and r.get("predicted_peak_bytes"):
-            mem.append(float(r["measured_peak_bytes"]) - float(r["predicted_peak_bytes"]))
+        by_type = r.bytes_by_type or {r.family or family_of(r.quant): bpt}
+        pts.append(({t: b / bw for t, b in by_type.items() if b > 0}, y))
+        if r.measured_peak_bytes and r.predicted_peak_bytes:
+            mem.append(float(r.measured_peak_bytes - r.predicted_peak_bytes))
     if not pts:
         return DeviceFit()
     types = sorted({t for z, _ in pts for t in z})
@@ -180,7 +244,8 @@ def _class_of(backend: str) -> str | None:
 def fit_published(path: Path) -> list[PublishedFit]:
     """Per device class: decode seconds = file bytes / (bw * eta * family factor) + overhead,
     least squares over the rows of published-benchmarks.csv that give a file size and tg."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[str, list[DeviceMeasurement]] = defaultdict(list)
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
     with path.open(newline="") as f:
         for row in csv.DictReader(f):
             cls = _class_of(row.get("backend", ""))
@@ -194,8 +259,8 @@ def fit_published(path: Path) -> list[PublishedFit]:
                 continue
             bw = float(bw_m) * 1e9 if bw_m else 0.7 * float(bw_p or 0) * 1e9
             quant = (row.get("quant") or "").split(" ")[0].replace("4-bit", "Q4_0")
-            groups[cls].append({"measured_decode_s": 1.0 / tg, "bytes_per_token": size, "bandwidth_bytes_per_s": bw,
-                                "quant": quant})
+            groups[cls].append(DeviceMeasurement(fingerprint=cls, measured_at=epoch, model=row.get("model", ""), quant=quant,
+                                                 measured_decode_s=1.0 / tg, bytes_per_token=int(size), bandwidth_bytes_per_s=bw))
     out = []
     for cls, recs in sorted(groups.items()):
         fit = fit_device(recs, 1.0, 0.01, ridge=1e-6)  # many rows: let them speak
@@ -206,9 +271,9 @@ def fit_published(path: Path) -> list[PublishedFit]:
         oh = fit.overhead_s or 0.0
         errs = []
         for r in recs:
-            fam = family_of(r["quant"])
-            pred = r["bytes_per_token"] / (r["bandwidth_bytes_per_s"] * eta * factors.get(fam, 1.0)) + oh
-            errs.append(abs(pred - r["measured_decode_s"]) / pred)  # = relative error of tok/s
+            fam = family_of(r.quant)
+            pred = r.bytes_per_token / (r.bandwidth_bytes_per_s * eta * factors.get(fam, 1.0)) + oh
+            errs.append(abs(pred - r.measured_decode_s) / pred)  # = relative error of tok/s
         out.append(PublishedFit(cls, round(eta, 3), round(oh, 5), len(recs),
                                 round(statistics.median(errs), 4), factors))
     return out

@@ -43,8 +43,6 @@ KV_PAD = 256  # llama.cpp rounds KV cells up to this
 RUNTIME_BASE_BYTES = 52_200_000
 HEADER_RESIDENT_FACTOR = 6.75
 HEADER_BYTES_PER_VOCAB = 28.0  # header size per vocabulary entry when no file is at hand (catalog)
-# Kept for callers that want the old single number: the runtime of a 32k-vocabulary model.
-RUNTIME_OVERHEAD_BYTES = RUNTIME_BASE_BYTES + int(HEADER_RESIDENT_FACTOR * HEADER_BYTES_PER_VOCAB * 32000)
 
 
 def rowsize(type_name: str, n: int) -> int:

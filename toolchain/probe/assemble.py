@@ -53,12 +53,12 @@ def _cpu_name(clusters: list[CpuCluster], model: str | None) -> str | None:
 
 
 def _runtime(raw: dict[str, str], quick: bool, unknown: list[Unknown]) -> RuntimeFacts:
-    data = parse_runtime(raw.get("runtime", "")) or {}
-    if not data:
+    data = parse_runtime(raw.get("runtime", ""))
+    if data is None:
         unknown.append(Unknown("runtime.python", "python3 did not run on the target"))
         return RuntimeFacts()
     llama = parse_llama(raw.get("llama", "")) if "llama" in raw else None
-    libs = [str(n) for n in data.get("llama_cpp_libs") or []]
+    libs = data.get("llama_cpp_libs") or []
     backends = sorted({n.split("ggml-", 1)[1].split(".")[0] for n in libs if "ggml-" in n and "ggml-base" not in n})
     version = data.get("llama_cpp")
     checked = "package metadata (not imported: --quick)" if version else ""
@@ -66,19 +66,18 @@ def _runtime(raw: dict[str, str], quick: bool, unknown: list[Unknown]) -> Runtim
     if llama is not None and version:
         checked = "imported"
         version = llama.get("version") or version
-        info, error = llama.get("system_info"), llama.get("error")
-        offload = llama.get("gpu_offload") if isinstance(llama.get("gpu_offload"), bool) else None
-        if isinstance(info, str):
+        info, error, offload = llama.get("system_info"), llama.get("error"), llama.get("gpu_offload")
+        if info is not None:
             backends = backends_from_system_info(info) or backends
         if error:
             unknown.append(Unknown("runtime.llama_cpp_backends", f"llama_cpp is installed but does not import: {error}"))
     elif version and not quick:
         unknown.append(Unknown("runtime.llama_cpp_backends", "llama_cpp import check printed nothing"))
+    bits = data.get("bits")
     return RuntimeFacts(
-        python=data.get("python"), python_path=data.get("python_path"), llama_cpp=version, llama_cpp_backends=backends,
-        pip=bool(data.get("pip")), python_bits=data.get("bits") if data.get("bits") in (32, 64) else None,
-        llama_cpp_checked=checked, llama_cpp_system_info=info if isinstance(info, str) else None, gpu_offload=offload,
-        llama_cpp_error=error if isinstance(error, str) else None,
+        python=data["python"], python_path=data.get("python_path"), llama_cpp=version, llama_cpp_backends=backends,
+        pip=data.get("pip", False), python_bits=bits if bits in (32, 64) else None,
+        llama_cpp_checked=checked, llama_cpp_system_info=info, gpu_offload=offload, llama_cpp_error=error,
     )
 
 
@@ -92,15 +91,16 @@ def _storage(raw: dict[str, str], deploy_dir: str, quick: bool, unknown: list[Un
     speed = read.get("read_bytes_per_s") if read else None
     if "storage_read" not in raw:
         unknown.append(Unknown("storage.read_bytes_per_s", "not measured (--quick)" if quick else "the read test did not run"))
-    elif not isinstance(speed, (int, float)):
-        why = (read or {}).get("error") or "the read test printed nothing (no python3, and no large file for dd)"
-        unknown.append(Unknown("storage.read_bytes_per_s", str(why)))
+    elif speed is None:
+        why = (read.get("error") if read else None) or "the read test printed nothing (no python3, and no large file for dd)"
+        unknown.append(Unknown("storage.read_bytes_per_s", why))
+    test_bytes = read.get("bytes") if read else None
     return StorageFacts(
-        path=deploy_dir, free_bytes=s["free_bytes"], read_bytes_per_s=float(speed) if isinstance(speed, (int, float)) else None,
-        fs_type=s["fs_type"], device=s["device"], kind=s["kind"], read_method=str(read.get("method") or "not measured") if read else "not measured",
+        path=deploy_dir, free_bytes=s["free_bytes"], read_bytes_per_s=float(speed) if speed is not None else None,
+        fs_type=s["fs_type"], device=s["device"], kind=s["kind"], read_method=(read.get("method") or "not measured") if read else "not measured",
         mount=s["mount"], disk=s["disk"], kind_basis=s["kind_basis"],
         model=s["attrs"].get("device/model") or s["attrs"].get("device/name"),
-        read_test_bytes=int(read["bytes"]) if read and isinstance(read.get("bytes"), int) and speed else None,
+        read_test_bytes=test_bytes if test_bytes is not None and speed else None,
     )
 
 
@@ -112,9 +112,8 @@ def _bandwidth(raw: dict[str, str], quick: bool, unknown: list[Unknown]) -> Band
         return BandwidthFacts()
     return BandwidthFacts(
         read_bytes_per_s=float(data["read_bytes_per_s"]), read_1t_bytes_per_s=float(data["read_1t_bytes_per_s"]),
-        threads=int(data["threads"]), method=str(data.get("method", "")),
-        buffer_bytes=int(data["buffer_bytes"]) if isinstance(data.get("buffer_bytes"), int) else None,
-        cpu_ids=[int(c) for c in data.get("cpu_ids") or [] if isinstance(c, int)],
+        threads=data["threads"], method=data.get("method", ""), buffer_bytes=data.get("buffer_bytes"),
+        cpu_ids=data.get("cpu_ids", []),
     )
 
 

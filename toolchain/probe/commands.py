@@ -11,21 +11,13 @@ Rules that keep one script fast and its output parseable on any board:
 
 from __future__ import annotations
 
-import re
-from importlib.resources import files
-
+from toolchain.device import device_source
 from toolchain.probe.gather import FactCommand
-
-
-def _snippet(name: str) -> str:
-    code = files("toolchain.device").joinpath(name).read_text()
-    # Comment and blank lines cost bytes on every probe (a serial console sends them at 11 KB/s).
-    return "\n".join(line for line in code.splitlines() if line.strip() and not re.match(r"^\s*#", line))
 
 
 def _py(name: str) -> str:
     """A python snippet run by the target's interpreter; without python it prints nothing useful."""
-    code = _snippet(name).replace("'", "'\"'\"'")
+    code = device_source(name).replace("'", "'\"'\"'")
     return f"command -v \"$PY\" >/dev/null 2>&1 && \"$PY\" -c '{code}'"
 
 

@@ -10,7 +10,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from toolchain.cli import console as ui
+from toolchain.core.events import Events, NullEvents
 from toolchain.core.nouns import HostFacts, TargetSpec
 from toolchain.deploy.releases import default_deploy_root
 from toolchain.probe import probe as run_probe
@@ -32,7 +32,8 @@ def deploy_root(spec: TargetSpec, transport: Transport | None, override: str | N
     return default_deploy_root(spec, transport.home() if transport is not None else "~")
 
 
-def probe_target(spec: TargetSpec, transport: Transport, root: str, *, quick: bool = False, record: Path | None = None) -> HostFacts:
+def probe_target(spec: TargetSpec, transport: Transport, root: str, events: Events | None = None, *, quick: bool = False,
+                 record: Path | None = None) -> HostFacts:
     spec = replace(spec, python=target_python(spec))
-    with ui.spinner(f"probing {spec.name}"):
+    with (events or NullEvents()).busy(f"probing {spec.name}"):
         return run_probe(transport, spec, deploy_dir=root, quick=quick, record=record)

@@ -10,7 +10,7 @@ import datetime
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import yaml
 
@@ -60,11 +60,20 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(str, _block_str)
 
 
-def dump_fixture(fixture: dict[str, Any]) -> str:
+class Fixture(TypedDict):
+    """One file of tests/fixtures/probe/<fact>/."""
+
+    command: str
+    source: str
+    output: str
+    expected: object  # free-form JSON: whatever the fact's parser returns, serialised
+
+
+def dump_fixture(fixture: Fixture) -> str:
     return yaml.dump(fixture, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=10_000)
 
 
-def fixture_for(fact: str, output: str, source: str) -> dict[str, Any]:
+def fixture_for(fact: str, output: str, source: str) -> Fixture:
     """One fixture: the command that ran, where the output came from, the output, and today's parse."""
     command = next((f.command for f in ALL_FACTS if f.name == fact), "")
     parser = PARSERS.get(fact)

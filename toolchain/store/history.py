@@ -1,31 +1,29 @@
-"""Every lab run in a database: SQLite in the data directory by default, or PostgreSQL.
+"""Every measurement in one database: SQLite in the data directory by default, or PostgreSQL.
 
-SQLAlchemy Core for queries, Alembic for the schema (migrations/versions/), upgraded on open. The
-history answers two questions: what did this board do lately (regressions, trends) and how has it
-changed (`edgedeploy report --history`). The planner's per-board calibration keeps its own JSON
-lines store (calibration.py), which pipeline.ship writes for every board of a lab too: one source
-for the planner, the database only for CI history.
+SQLAlchemy Core for queries, Alembic for the schema (migrations/versions/), upgraded on open. It
+holds the lab history, which answers what a board did lately (regressions, trends) and how it has
+changed (`edgedeploy report --history`), and the device measurements every shipped run records
+(DeviceMeasurement), which the planner fits each device's next plan to (plan/calibration.py).
+A lab run and a plain `ship` write into the same database (default_url()).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 
+from toolchain.core import settings
 from toolchain.core.errors import BadInputError, TargetError
 from toolchain.core.paths import data_dir
-from toolchain.store.schema import board_results, lab_runs
+from toolchain.store.schema import HEAD_REVISION, VERSION_TABLE, board_results, device_measurements, lab_runs
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -71,8 +69,31 @@ class BoardRecord:
     run_id: int | None = field(default=None, compare=False)
 
 
+@dataclass(frozen=True)
+class DeviceMeasurement:
+    """One shipped run on a device: what the runner measured beside what the plan assumed.
+
+    predicted_decode_s and predicted_peak_bytes are on the uncorrected basis (the class defaults,
+    before this device's own fit), so a fit over the records never feeds on its own output."""
+
+    fingerprint: str  # calibration.fingerprint(facts): board model, arch, cores, RAM
+    measured_at: datetime
+    model: str
+    quant: str
+    measured_decode_s: float  # seconds per decoded token
+    bytes_per_token: int  # read per token, as the plan sized it
+    bandwidth_bytes_per_s: float  # the plan's bandwidth basis
+    threads: int = 0
+    ctx: int = 0
+    predicted_decode_s: float | None = None
+    predicted_peak_bytes: int | None = None
+    measured_peak_bytes: int | None = None
+    family: str = ""  # kernel family of the bulk of the weights (Q4_K)
+    bytes_by_type: dict[str, int] = field(default_factory=dict)  # bytes_per_token split by ggml type
+
+
 def default_url() -> str:
-    return os.environ.get("EDGEDEPLOY_HISTORY") or f"sqlite:///{data_dir() / 'history.sqlite'}"
+    return settings.history_url() or f"sqlite:///{data_dir() / 'history.sqlite'}"
 
 
 def normalize_url(url: str) -> str:
@@ -119,6 +140,11 @@ class History:
     # --- schema -----------------------------------------------------------------------------
 
     def _migrate(self) -> None:
+        if self._current():
+            return
+        from alembic import command  # ~0.5 s to import: only when there is something to upgrade
+        from alembic.config import Config
+
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with self._migration_lock(), self.engine.begin() as conn:
@@ -127,6 +153,13 @@ class History:
                 conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": zlib.crc32(b"edgedeploy-history")})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+
+    def _current(self) -> bool:
+        """Whether the schema is at HEAD_REVISION already (every `plan` opens the database)."""
+        with self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(VERSION_TABLE):
+                return False
+            return conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar() == HEAD_REVISION
 
     @contextlib.contextmanager
     def _migration_lock(self) -> Iterator[None]:
@@ -139,8 +172,6 @@ class History:
             yield
 
     def revision(self) -> str | None:
-        from toolchain.store.schema import VERSION_TABLE
-
         with self.engine.connect() as conn:
             value = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
             return str(value) if value is not None else None
@@ -156,6 +187,12 @@ class History:
                 rows = [{**asdict(b), "labels": ",".join(b.labels), "run_id": run_id} for b in boards]
                 conn.execute(board_results.insert(), rows)
         return run_id
+
+    def add_measurements(self, items: Sequence[DeviceMeasurement]) -> None:
+        if not items:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(device_measurements.insert(), [asdict(m) for m in items])
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -186,6 +223,22 @@ class History:
                 data["labels"] = tuple(x for x in (row["labels"] or "").split(",") if x)
                 data["measured_at"] = _aware(row["measured_at"])
                 out.append(BoardRecord(**data))
+        return out
+
+    def measurements(self, fingerprint: str, limit: int | None = None) -> list[DeviceMeasurement]:
+        """The device's measurements, oldest first; with limit, only the newest that many."""
+        t = device_measurements
+        q = sa.select(t).where(t.c.fingerprint == fingerprint).order_by(t.c.measured_at.desc(), t.c.id.desc())
+        if limit is not None:
+            q = q.limit(limit)
+        names = {f.name for f in fields(DeviceMeasurement)}
+        with self.engine.connect() as conn:
+            rows = [{k: v for k, v in row.items() if k in names} for row in conn.execute(q).mappings()]
+        out = []
+        for row in reversed(rows):
+            row["measured_at"] = _aware(row["measured_at"])
+            row["bytes_by_type"] = {str(k): int(v) for k, v in (row["bytes_by_type"] or {}).items()}
+            out.append(DeviceMeasurement(**row))
         return out
 
     def runs(self, since: datetime | None = None) -> list[RunRecord]:

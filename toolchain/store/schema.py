@@ -1,6 +1,6 @@
-"""The history tables as SQLAlchemy Core objects for queries; migrations/versions/ creates them.
+"""The database's tables as SQLAlchemy Core objects for queries; migrations/versions/ creates them.
 
-Keep the two in step: a new column is a new migration plus a Column here.
+Keep the two in step: a new column is a new migration plus a Column here (and HEAD_REVISION).
 """
 
 from __future__ import annotations
@@ -8,6 +8,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 VERSION_TABLE = "edgedeploy_alembic_version"  # not alembic_version: a shared PostgreSQL database may hold others
+# The newest migration: History.open skips Alembic (and its import) when the database is at it.
+# tests/test_store.py checks it against migrations/versions/.
+HEAD_REVISION = "0002"
 
 metadata = sa.MetaData()
 
@@ -52,4 +55,23 @@ board_results = sa.Table(
     sa.Column("budget_ms", sa.Float),
     sa.Column("regression", sa.Boolean, nullable=False),
     sa.Column("run_dir", sa.Text),
+)
+
+device_measurements = sa.Table(
+    "device_measurements", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("measured_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("quant", sa.String(40), nullable=False),
+    sa.Column("threads", sa.Integer, nullable=False),
+    sa.Column("ctx", sa.Integer, nullable=False),
+    sa.Column("predicted_decode_s", sa.Float),
+    sa.Column("measured_decode_s", sa.Float, nullable=False),
+    sa.Column("bytes_per_token", sa.BigInteger, nullable=False),
+    sa.Column("predicted_peak_bytes", sa.BigInteger),
+    sa.Column("measured_peak_bytes", sa.BigInteger),
+    sa.Column("family", sa.String(40), nullable=False),
+    sa.Column("bytes_by_type", sa.JSON, nullable=False),
+    sa.Column("bandwidth_bytes_per_s", sa.Float, nullable=False),
 )

@@ -27,14 +27,15 @@ from pathlib import Path
 
 import serial  # type: ignore[import-untyped,unused-ignore]  # pyserial ships no stubs
 
+from toolchain.core import settings
 from toolchain.core.errors import CommandTimeout, TargetError
 from toolchain.core.nouns import TargetSpec
 from toolchain.transports.base import Capabilities, CommandResult, ProgressFn, Transport
 
 DEFAULT_BAUD = 115200
 DEFAULT_MAX_FILE_BYTES = 256 * 1024
-USER_ENV = "EDGEDEPLOY_SERIAL_USER"
-PASSWORD_ENV = "EDGEDEPLOY_SERIAL_PASSWORD"
+USER_ENV = settings.SERIAL_USER
+PASSWORD_ENV = settings.SERIAL_PASSWORD
 OPEN_HINT = (
     "check the device path, permissions (add yourself to the dialout group), and that no other program (screen, minicom, picocom, ModemManager) holds it"
 )
@@ -131,14 +132,14 @@ class SerialTransport(Transport):
         self.timeout = timeout
         self.max_file_bytes = max_file_bytes
         # Credentials: explicit, then the target definition, then the environment; never argv.
-        self._user = login_user or spec.login_user or os.environ.get(USER_ENV) or None
+        self._user = login_user or spec.login_user or settings.serial_user()
         self._password: str | None
         if login_password is not None:
             self._password, self._password_source = login_password, "the login_password argument"
         elif spec.login_password_env and spec.login_password_env in os.environ:
             self._password, self._password_source = os.environ[spec.login_password_env], f"${spec.login_password_env}"
         else:
-            self._password, self._password_source = os.environ.get(PASSWORD_ENV), f"${PASSWORD_ENV}"
+            self._password, self._password_source = settings.serial_password(), f"${PASSWORD_ENV}"
         missing = spec.login_password_env and spec.login_password_env not in os.environ
         self._password_env_missing = spec.login_password_env if missing else None
         self._port: serial.Serial | None = None

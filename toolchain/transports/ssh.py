@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import errno
 import getpass
-import os
 import secrets
 import select
 import socket
@@ -19,6 +18,7 @@ from typing import Any
 import paramiko
 from fabric import Config, Connection
 
+from toolchain.core import settings
 from toolchain.core.errors import BadInputError, TargetError
 from toolchain.core.nouns import TargetSpec
 from toolchain.transports import ssh_copy
@@ -34,7 +34,7 @@ from toolchain.transports.ssh_hostkeys import (
 READ_CHUNK = 1 << 16
 KEEPALIVE_S = 15  # keeps NAT/firewall state alive between a long build and the next command
 COPY_VIA = ("auto", "ssh", "channel")
-RUN_ID_VAR = "EDGEDEPLOY_RUN_ID"
+RUN_ID_VAR = settings.RUN_ID
 # Below this a copy rides the open paramiko connection: a new ssh handshake (0.1-0.5 s) would
 # cost more than the faster client saves.
 SYSTEM_SSH_MIN_BYTES = 32 << 20
@@ -50,7 +50,7 @@ class SshTransport(Transport):
         accept_new_host_key: bool = False,
         connect_timeout: float = 10.0,
         ssh_config_path: str | None = None,
-        password_env: str = "EDGEDEPLOY_SSH_PASSWORD",
+        password_env: str = settings.SSH_PASSWORD,
     ) -> None:
         host = spec.host or spec.name  # no host: the target's name is an ssh_config Host alias
         if not host:
@@ -68,7 +68,7 @@ class SshTransport(Transport):
         self.ssh_config_path = ssh_config_path
         self.password_env = password_env
         # Bulk copy path: auto (system ssh when it logs in, else channel), or forced (tests, bench).
-        self.copy_via = os.environ.get("EDGEDEPLOY_SSH_COPY", "auto")
+        self.copy_via = settings.ssh_copy()
         self._conn: Any = None  # fabric Connection, once open
         self._known_hosts: list[Path] = []
         self._home: str | None = None
@@ -102,7 +102,7 @@ class SshTransport(Transport):
         return cfg
 
     def _open(self) -> Any:
-        password = os.environ.get(self.password_env) or None
+        password = settings.ssh_password(self.password_env)
         prompted = False
         while True:
             conn = self._make_connection(password)
@@ -123,7 +123,7 @@ class SshTransport(Transport):
             return conn
 
     def _make_connection(self, password: str | None) -> Any:
-        kwargs: dict[str, Any] = {"banner_timeout": self.connect_timeout, "auth_timeout": max(30.0, self.connect_timeout)}
+        kwargs: dict[str, float | str] = {"banner_timeout": self.connect_timeout, "auth_timeout": max(30.0, self.connect_timeout)}
         if password is not None:
             kwargs["password"] = password
         try:
@@ -318,7 +318,7 @@ class SshTransport(Transport):
     def _system_ssh(self, nbytes: int) -> ssh_copy.SshClientCommand | None:
         """The OpenSSH client command for a copy of nbytes, or None to use the paramiko channel."""
         if self.copy_via not in COPY_VIA:
-            raise BadInputError(f"EDGEDEPLOY_SSH_COPY must be one of {', '.join(COPY_VIA)}, not {self.copy_via!r}",
+            raise BadInputError(f"{settings.SSH_COPY} must be one of {', '.join(COPY_VIA)}, not {self.copy_via!r}",
                                 "unset it to choose automatically")
         if self.copy_via == "channel" or (self.copy_via == "auto" and nbytes < SYSTEM_SSH_MIN_BYTES):
             return None
@@ -336,7 +336,7 @@ class SshTransport(Transport):
                     self._ssh_client = cmd
                 elif self.copy_via == "ssh":
                     raise TargetError(f"{self.display}: the system ssh client cannot log in: {why}",
-                                      "unset EDGEDEPLOY_SSH_COPY to fall back to the built-in client")
+                                      f"unset {settings.SSH_COPY} to fall back to the built-in client")
         if self.copy_via == "ssh" and self._ssh_client is None:
             raise TargetError(f"{self.display}: no system ssh client", "install openssh-client")
         return self._ssh_client

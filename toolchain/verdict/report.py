@@ -1,19 +1,133 @@
-"""Write a run directory: report.json, report.md (jinja2), junit.xml."""
+"""The end of the flow: Report (everything one deployment produced, frozen) and the run directory
+it is written to: report.json (its serialisation), report.md (jinja2), junit.xml.
+
+A failed deployment writes its report too: the pipeline raises ShipFailed, which carries the
+cause (its exit code and failure class) and the Report with the failure in it.
+"""
 
 from __future__ import annotations
 
 import json
 import time
-import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from toolchain import __version__
+from toolchain.core.errors import EdgeDeployError, FailureClass, TargetError, ValidationFailed
+from toolchain.core.nouns import Check, Plan, Release, Telemetry, Verdict
 from toolchain.core.paths import runs_dir
+from toolchain.core.serde import to_json_dict
 from toolchain.core.units import fmt_bytes
-from toolchain.deploy.package import environment
+from toolchain.deploy.dry_load import DryLoadReport
+from toolchain.deploy.serve import ServeResult
+from toolchain.verdict.junit import Case, Suite, write_junit
 
 REPORT_FILES = ("report.json", "report.md", "junit.xml")
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a deployment did not succeed, and where."""
+
+    message: str
+    hint: str = ""
+    failure_class: FailureClass = FailureClass.INTERNAL
+    exit_code: int = 1
+    stage: str = ""
+    kind: str | None = None  # the runner's failure: oom | crash | timeout | reboot | unreachable
+    log_tail: str = ""
+    in_verdict: bool = False  # the run finished and its verdict failed (the checks say why)
+
+    @classmethod
+    def of(cls, exc: EdgeDeployError, stage: str) -> Failure:
+        return cls(exc.message, exc.hint, exc.failure_class, exc.exit_code, stage, getattr(exc, "kind", None),
+                   getattr(exc, "log_tail", ""), isinstance(exc, VerdictFailed))
+
+
+@dataclass(frozen=True)
+class Report:
+    target: str
+    run_dir: str
+    verdict: Verdict
+    plan: Plan | None = None
+    dry_load: DryLoadReport | None = None
+    release: Release | None = None
+    telemetry: Telemetry | None = None
+    serve: ServeResult | None = None
+    failure: Failure | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.failure is None and self.verdict.passed
+
+    def document(self) -> dict[str, Any]:  # free-form JSON: the public report.json contract
+        """report.json: the fields, with the failure flattened into the keys the contract has
+        always had (error, hint, log_tail, failure_kind), plus its class and stage."""
+        doc: dict[str, Any] = {"target": self.target, "plan": to_json_dict(self.plan), "release": to_json_dict(self.release),
+                               "telemetry": to_json_dict(self.telemetry), "verdict": to_json_dict(self.verdict), "run_dir": self.run_dir}
+        if self.dry_load is not None:
+            doc["dry_load"] = to_json_dict(self.dry_load)
+        if self.serve is not None:
+            doc["serve"] = to_json_dict(self.serve)
+        f = self.failure
+        if f is not None:
+            if not f.in_verdict:  # a missed check speaks through the verdict's checks
+                doc.update(error=f.message, hint=f.hint)
+            if f.kind:
+                doc["failure_kind"] = f.kind
+            if f.log_tail:
+                doc["log_tail"] = f.log_tail
+            doc.update(failure_class=f.failure_class.value, failed_stage=f.stage, exit_code=f.exit_code)
+        doc["edgedeploy"] = __version__
+        return doc
+
+
+class VerdictFailed(ValidationFailed):
+    """The release ran and its verdict failed (a budget or limit missed): exit 5, a result failure."""
+
+
+class RunnerFailed(TargetError):
+    """The runner ended without a result (crash, timeout, reboot, lost board): infrastructure."""
+
+    def __init__(self, message: str, hint: str = "", *, kind: str | None = None, log_tail: str = "") -> None:
+        super().__init__(message, hint)
+        self.kind = kind
+        self.log_tail = log_tail
+
+
+class RunnerOutOfMemory(ValidationFailed):
+    """The runner was killed for memory: the plan did not fit what the board really had (exit 5)."""
+
+    def __init__(self, message: str, hint: str = "", *, kind: str | None = "oom", log_tail: str = "") -> None:
+        super().__init__(message, hint)
+        self.kind = kind
+        self.log_tail = log_tail
+
+
+class ServeFailed(ValidationFailed):
+    """The new release did not answer as a server; the previous one was put back (exit 5)."""
+
+    def __init__(self, message: str, hint: str = "", *, log_tail: str = "") -> None:
+        super().__init__(message, hint)
+        self.kind: str | None = None
+        self.log_tail = log_tail
+
+
+class ShipFailed(EdgeDeployError):
+    """A deployment that did not succeed. Takes its cause's exit code and failure class; carries
+    the Report (already written to its run directory)."""
+
+    def __init__(self, cause: EdgeDeployError, report: Report) -> None:
+        super().__init__(cause.message, cause.hint)
+        self.cause = cause
+        self.report = report
+        self.exit_code = cause.exit_code
+        self.failure_class = cause.failure_class
+
+
+def failed_run_verdict(reason: str) -> Verdict:
+    return Verdict(passed=False, checks=[Check("runner completed", False, reason, "exit 0 with a result")])
 
 
 def new_run_dir(target: str, base: Path | None = None) -> Path:
@@ -32,31 +146,27 @@ def new_run_dir(target: str, base: Path | None = None) -> Path:
     raise FileExistsError(f"{first}: 999 runs in one second")
 
 
-def write_reports(run_dir: Path, report: dict[str, Any]) -> None:
-    """report is the ship JSON document (plan, release, telemetry, verdict, ...)."""
-    report = {**report, "run_dir": str(run_dir), "edgedeploy": __version__}
-    (run_dir / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+def write_reports(report: Report) -> dict[str, Any]:
+    """Write report.json, report.md and junit.xml into the report's run directory; returns the JSON document."""
+    from toolchain.deploy.package import environment
+
+    run_dir = Path(report.run_dir)
+    doc = report.document()
+    (run_dir / "report.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     env = environment(strict=False)
     env.filters["bytes"] = fmt_bytes
-    (run_dir / "report.md").write_text(env.get_template("report.md.j2").render(r=report))
-    write_junit(run_dir / "junit.xml", [report])
+    (run_dir / "report.md").write_text(env.get_template("report.md.j2").render(r=doc))
+    write_junit(run_dir / "junit.xml", [run_suite(report)])
+    return doc
 
 
-def write_junit(path: Path, reports: list[dict[str, Any]]) -> None:
-    """One <testsuite> per target, one <testcase> per check (readable by GitLab and GitHub)."""
-    suites = ET.Element("testsuites", name="edgedeploy")
-    for r in reports:
-        checks = (r.get("verdict") or {}).get("checks", [])
-        target = str(r.get("target", "target"))
-        suite = ET.SubElement(suites, "testsuite", name=target, tests=str(len(checks)),
-                              failures=str(sum(1 for c in checks if not c["passed"] and c.get("severity", "error") == "error")),
-                              errors="0", skipped="0", timestamp=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        for c in checks:
-            case = ET.SubElement(suite, "testcase", classname=f"edgedeploy.{target}", name=c["name"], time="0")
-            msg = f"observed {c['observed']} vs limit {c['limit']}" + (f": {c['detail']}" if c.get("detail") else "")
-            if not c["passed"] and c.get("severity", "error") == "error":
-                ET.SubElement(case, "failure", message=msg, type="check").text = msg
-            else:
-                ET.SubElement(case, "system-out").text = msg
-    ET.indent(suites)
-    path.write_bytes(ET.tostring(suites, encoding="utf-8", xml_declaration=True))
+def run_suite(report: Report) -> Suite:
+    """One run's checks as a JUnit suite: an error-severity check that failed is a <failure>."""
+    cases = []
+    for c in report.verdict.checks:
+        msg = f"observed {c.observed} vs limit {c.limit}" + (f": {c.detail}" if c.detail else "")
+        outcome = "failed" if not c.passed and c.severity == "error" else ("warning" if not c.passed else "passed")
+        cases.append(Case(c.name, outcome, msg))
+    f = report.failure
+    return Suite(report.target, f"edgedeploy.{report.target}", cases,
+                 failure_type=f.failure_class.value if f else "result", system_out=f"{f.message}" if f else "")

@@ -5,7 +5,6 @@ never an exception (tests feed every parser garbage)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from toolchain.probe.parsers.accel import (
     parse_gpu_sysfs,
@@ -34,8 +33,9 @@ from toolchain.probe.parsers.system import (
 )
 from toolchain.probe.parsers.thermal import parse_power, parse_thermal, parse_throttled
 
-# fact name (commands.py) -> its parser. The fixture directory of a fact is named after it.
-PARSERS: dict[str, Callable[[str], Any]] = {
+# fact name (commands.py) -> its parser. The fixture directory of a fact is named after it. Each
+# returns its own type; this table only feeds recordings and tests, which serialise the result.
+PARSERS: dict[str, Callable[[str], object]] = {
     "uname": parse_uname,
     "os_release": parse_os_release,
     "libc": parse_libc,

@@ -3,34 +3,79 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Required, TypedDict
 
+from toolchain.core.serde import typed_dict_from
 from toolchain.probe.parsers.text import parse_json_line
 
 
-def parse_runtime(text: str) -> dict[str, Any] | None:
+class RuntimeInfo(TypedDict, total=False):
+    """device/runtime_info.py's line."""
+
+    python: Required[str]
+    python_path: str
+    bits: int
+    pip: bool
+    llama_cpp: str | None  # the package version; None when not installed
+    llama_cpp_libs: list[str]
+    llama_cpp_path: str
+    error: str
+
+
+class LlamaInfo(TypedDict, total=False):
+    """device/llama_info.py's line: what llama_cpp says once imported, or why it did not import."""
+
+    version: str | None
+    system_info: str
+    gpu_offload: bool
+    error: str
+
+
+class Membw(TypedDict, total=False):
+    """device/membw.py's line."""
+
+    read_bytes_per_s: Required[float]
+    read_1t_bytes_per_s: Required[float]
+    threads: Required[int]
+    buffer_bytes: int
+    cpu_ids: list[int]
+    method: str
+
+
+class StorageRead(TypedDict, total=False):
+    """device/storage_read.py's line (a speed, or an error saying why not), or dd's summary."""
+
+    path: str | None
+    bytes: int
+    read_bytes_per_s: float | None
+    method: str
+    error: str
+
+
+def parse_runtime(text: str) -> RuntimeInfo | None:
     """device/runtime_info.py: python version and path, pointer size, pip, llama_cpp package metadata."""
     data = parse_json_line(text)
-    return data if data is not None and isinstance(data.get("python"), str) else None
+    return typed_dict_from(RuntimeInfo, data) if data is not None else None
 
 
-def parse_llama(text: str) -> dict[str, Any] | None:
+def parse_llama(text: str) -> LlamaInfo | None:
     """device/llama_info.py: llama_cpp imported: version, llama_print_system_info, GPU offload."""
-    return parse_json_line(text)
+    data = parse_json_line(text)
+    return typed_dict_from(LlamaInfo, data) if data is not None else None
 
 
-def parse_membw(text: str) -> dict[str, Any] | None:
+def parse_membw(text: str) -> Membw | None:
     """device/membw.py: read bandwidth at 1 and N threads."""
     data = parse_json_line(text)
-    ok = data is not None and all(isinstance(data.get(k), (int, float)) for k in ("read_bytes_per_s", "read_1t_bytes_per_s", "threads"))
-    return data if ok else None
+    return typed_dict_from(Membw, data) if data is not None else None
 
 
-def parse_storage_read(text: str) -> dict[str, Any] | None:
+def parse_storage_read(text: str) -> StorageRead | None:
     """device/storage_read.py, or dd's summary line when the target has no python."""
     data = parse_json_line(text)
     if data is not None:
-        return data if isinstance(data.get("read_bytes_per_s"), (int, float)) or data.get("error") else None
+        read = typed_dict_from(StorageRead, data)
+        return read if read is not None and (read.get("read_bytes_per_s") is not None or read.get("error")) else None
     # GNU/busybox dd: '67108864 bytes (67 MB, 64 MiB) copied, 0.52 s, 129 MB/s'
     m = re.search(r"^(\d+) bytes .*?copied, ([\d.]+) s", text, re.MULTILINE)
     if m and float(m.group(2)) > 0:

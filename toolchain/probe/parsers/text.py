@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
 
 _INT = re.compile(r"^[+-]?\d+$")
 
@@ -40,7 +39,7 @@ def grep_h(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def parse_json_line(text: str) -> dict[str, Any] | None:
+def parse_json_line(text: str) -> dict[str, object] | None:
     """The last line that is a JSON object (python snippets print one), else None."""
     for line in reversed(text.splitlines()):
         line = line.strip()
@@ -57,3 +56,4 @@ def clean_value(value: str) -> str | None:
     """Strip NULs and whitespace; empty -> None."""
     value = value.replace("\x00", "").strip()
     return value or None
+
