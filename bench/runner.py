@@ -4,8 +4,8 @@
 
 llama-bench is built from the llama.cpp source vendored in the installed llama-cpp-python version
 (its sdist from the package index, unpacked and built under <user cache>/llama-bench/<version>/,
-never in the repository), so both sides run the same ggml. The runner is rendered from
-templates/runner.py.j2 exactly as `ship` renders it and runs through its launcher (run.sh bench).
+never in the repository), so both sides run the same ggml. The runner (toolchain/device/runner.py)
+is packaged exactly as `ship` packages it and runs through its launcher (run.sh bench).
 Rounds alternate (and swap who goes first) so drifting machine load hits both; the ratio of the
 medians, runner tok/s / llama-bench tok/s, is printed. Goal: >= 0.95.
 """
@@ -92,7 +92,7 @@ def run_llama_bench(binary: Path, model: Path, threads: int, tokens: int) -> flo
 
 
 def run_runner(bundle: Path, tokens: int, out: Path) -> float:
-    """The rendered runner through its launcher, as ship runs it: tok/s of its median prompt (of 3, each
+    """The bundled runner through its launcher, as ship runs it: tok/s of its median prompt (of 3, each
     decoding `tokens`), as llama-bench's figure is its median repetition."""
     out.unlink(missing_ok=True)
     subprocess.run(["sh", str(bundle / "run.sh"), "bench", "--out", str(out), "--tokens", str(tokens)], check=True,

@@ -4,9 +4,8 @@ for the emulated SSH boards. Not a test module (no test_ prefix)."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from toolchain.core.events import NullEvents

@@ -61,7 +61,7 @@ def test_ship_local_measures_on_the_device_and_reports(cli_env: dict[str, str], 
     current = deploy / "current"
     assert os.readlink(current) == f"releases/{rel['id']}"
     manifest = json.loads((current / "manifest.json").read_text())
-    assert {f["path"] for f in manifest["files"]} == {"model.gguf", "runner.py", "run.sh"}
+    assert {f["path"] for f in manifest["files"]} == {"model.gguf", "runner.py", "events.py", "settings.json", "run.sh"}
     assert manifest["prediction"]["decode_tokens_per_s"] == sel["predicted"]["decode_tokens_per_s"]
     assert (current / "model.gguf").resolve() == (deploy / "models" / f"{rel['model_sha256']}.gguf").resolve()
 

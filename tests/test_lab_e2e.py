@@ -25,12 +25,12 @@ from toolchain.core.errors import EXIT_TARGET
 from toolchain.core.nouns import Budget, TargetSpec
 from toolchain.core.paths import cache_dir
 from toolchain.core.serde import to_json_dict
-from toolchain.plan.request import PlanRequest, plan_for
 from toolchain.fleet.inventory import load_lab
 from toolchain.fleet.job import run_lab
 from toolchain.fleet.locks import LOCK_NAME, BoardLock
 from toolchain.models.gguf_reader import sha256_file
 from toolchain.plan.basis import Overrides
+from toolchain.plan.request import PlanRequest, plan_for
 from toolchain.transports.ssh import SshTransport
 
 JUNIT_XSD = REPO / "tests" / "fixtures" / "junit" / "junit-10.xsd"

@@ -8,7 +8,6 @@ import json
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any

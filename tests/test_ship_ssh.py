@@ -28,11 +28,11 @@ from toolchain.core.errors import TargetError
 from toolchain.core.nouns import Budget
 from toolchain.core.serde import to_json_dict
 from toolchain.deploy.pipeline import DeployOptions, DeployRequest
-from toolchain.plan.request import PlanRequest
 from toolchain.deploy.releases import Shipper
 from toolchain.deploy.serve import ServeOptions, Server
 from toolchain.deploy.status import deployment_status
 from toolchain.models.gguf_reader import sha256_file
+from toolchain.plan.request import PlanRequest
 from toolchain.transports.ssh import SshTransport
 
 pytestmark = pytest.mark.e2e

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from toolchain.core.nouns import Prediction, Selected
+from toolchain.core.serde import to_json_dict
 from toolchain.deploy import dry_load as dryload
 from toolchain.models import synthetic
 from toolchain.models.catalog import entry_from_gguf
@@ -98,6 +99,23 @@ def test_parse_recorded_dry_load() -> None:
     rows = {r.component: r for r in dryload.compare(p, dry)}
     assert rows["weights"].error == 0 and rows["kv cache"].error == 0
     assert abs(rows["compute buffers"].error or 1.0) < 0.05
+
+
+def test_dry_load_report_keeps_the_report_keys() -> None:
+    """The report's "dry_load" entry: the same JSON keys whether or not the dry load ran."""
+    p = Prediction(100.0, 10.0, 100.0, 400_000_000, weights_bytes=96_576_768, kv_bytes=90 * 2**20, compute_bytes=90_000_000)
+    dry = dryload.parse(RECORDED)
+    rep = dryload.report(p, dry, usable_bytes=300_000_000)
+    doc = to_json_dict(rep)
+    assert set(doc) == {"result", "fits", "comparison", "allocator_peak_bytes", "usable_bytes"}
+    assert doc["result"] == to_json_dict(dry) and doc["usable_bytes"] == 300_000_000
+    assert [set(r) for r in doc["comparison"]] == [{"component", "predicted_bytes", "allocator_bytes", "error"}] * 3
+    need = 400_000_000 - 96_576_768 - 90 * 2**20 - 90_000_000 + dry.model_bytes + dry.kv_bytes + dry.compute_bytes + dry.output_bytes
+    assert doc["allocator_peak_bytes"] == need and doc["fits"] is (need <= 300_000_000)
+    assert dryload.report(p, dry, usable_bytes=need).fits is True and dryload.report(p, dry, usable_bytes=need - 1).fits is False
+    failed = to_json_dict(dryload.report(p, dryload.parse("", "boom\n", 1), usable_bytes=1))
+    assert failed["fits"] is None and failed["comparison"] == [] and failed["allocator_peak_bytes"] is None
+    assert "boom" in failed["result"]["error"]
 
 
 def test_parse_failures_are_reported_not_raised() -> None:

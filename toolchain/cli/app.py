@@ -52,10 +52,7 @@ def main(
     # Eager: a group's callback runs only before a subcommand, so `edgedeploy --version` alone needs it.
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True)] = False,
 ) -> None:
-    STATE["debug"] = debug
-    if version:
-        typer.echo(__version__)
-        raise typer.Exit(0)
+    STATE["debug"] = debug  # --version was handled by _print_version before this runs
 
 
 def emit(as_json: bool, doc: Any, human: Callable[[], None]) -> None:

@@ -21,7 +21,7 @@ from toolchain.core.nouns import Check, HostFacts, Plan, Release, Selected, Targ
 from toolchain.core.serde import to_json_dict
 from toolchain.deploy.dry_load import DryLoadReport
 from toolchain.deploy.releases import Shipper
-from toolchain.deploy.serve import ServeOptions, Server, ServeResult
+from toolchain.deploy.serve import ServeOptions, Server, ServeResult, ServeState
 from toolchain.models.gguf_reader import sha256_file
 from toolchain.plan.request import PlanRequest
 from toolchain.transports.base import Transport
@@ -240,7 +240,7 @@ def _serve_release(server: Server, shipper: Shipper, opts: ServeOptions, release
     raise ServeFailed(error, "see the server log in the run's report.md", log_tail=res.log_tail)
 
 
-def _serve_previous(server: Server, serving_before: dict[str, object], current: str | None, events: Events) -> None:
+def _serve_previous(server: Server, serving_before: ServeState, current: str | None, events: Events) -> None:
     """Put back the server a failed ship stopped (best effort: the ship's own error is the news)."""
     if not serving_before or not current:
         return

@@ -12,9 +12,10 @@ import posixpath
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Required, TypedDict
 
 from toolchain.core.errors import BadInputError, TargetError
+from toolchain.core.serde import typed_dict_from
 from toolchain.deploy.package import environment
 from toolchain.transports.base import Transport
 
@@ -88,6 +89,29 @@ class ServeResult:
     log_tail: str = ""
 
 
+class ServeState(TypedDict, total=False):
+    """<deploy root>/serve/serve.json, as _write_state writes it (empty: nothing serving)."""
+
+    manager: str  # systemd | systemd-user | supervisor
+    host: str
+    port: int
+    release: str
+    supervisor_pid: int | None
+    python: str
+    unit: str | None
+    started: float
+
+
+class Health(TypedDict, total=False):
+    """The line _HEALTH prints: an answer, or the last error before it gave up."""
+
+    ok: Required[bool]
+    text: str
+    model: str | None
+    seconds: float
+    error: str
+
+
 @dataclass
 class Server:
     transport: Transport
@@ -113,13 +137,13 @@ class Server:
             'fi; echo supervisor', check=False).strip()
         return out if out in ("systemd", "systemd-user") else "supervisor"
 
-    def state(self) -> dict[str, Any]:
+    def state(self) -> ServeState:
         text = self.sh('cat "$1/serve.json" 2>/dev/null || true', self.state_dir)
         try:
             doc = json.loads(text) if text.strip() else {}
         except ValueError:
             return {}
-        return doc if isinstance(doc, dict) else {}
+        return (typed_dict_from(ServeState, doc) or {}) if isinstance(doc, dict) else {}
 
     # --- start / stop ---
 
@@ -163,7 +187,7 @@ class Server:
             return None
         return self.start(ServeOptions(host=str(st.get("host", "127.0.0.1")), port=int(st.get("port", 8080))), release_id)
 
-    def check(self, opts: ServeOptions, mgr: str) -> dict[str, Any]:
+    def check(self, opts: ServeOptions, mgr: str) -> Health:
         pidfile = f"{self.state_dir}/serve.pid" if mgr == "supervisor" else ""
         res = self.transport.run([self.python, "-c", _HEALTH, opts.host, str(opts.port), f"{opts.ready_timeout_s:g}", pidfile],
                                  timeout=opts.ready_timeout_s + 60, check=False)
@@ -171,7 +195,8 @@ class Server:
             doc = json.loads(res.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
             return {"ok": False, "error": f"health check did not run: {res.tail()}"}
-        return doc if isinstance(doc, dict) else {"ok": False, "error": "bad health check output"}
+        health = typed_dict_from(Health, doc) if isinstance(doc, dict) else None
+        return health if health is not None else {"ok": False, "error": "bad health check output"}
 
     def pid(self, mgr: str) -> int | None:
         if mgr == "supervisor":

@@ -35,9 +35,12 @@ if TYPE_CHECKING:
     import numpy.typing
 
     from toolchain.device import events
+elif __package__:  # imported as toolchain.device.runner (host-side tests and tools)
+    from . import events
 else:
-    # events.py is shipped beside this file; sys.path[0] is not that directory under
-    # PYTHONSAFEPATH, nor when this file is loaded by path.
+    # Run from a bundle: the events.py shipped beside this file, even where a toolchain package is
+    # importable too (a local target). sys.path[0] is not this directory under PYTHONSAFEPATH, nor
+    # when this file is loaded by path.
     if HERE not in sys.path:
         sys.path.insert(0, HERE)
     import events

@@ -163,7 +163,12 @@ class BoardLock:
         return _holder(held, now) or Holder("a job that is still writing the lock", None, None, None)
 
     def renew(self) -> bool:
-        res = self.transport.run(["sh", "-c", _RENEW, "sh", self.path, self.token, str(self.ttl_s)], timeout=30, check=False)
+        """Push the expiry forward. On a link that carries one command at a time (a serial console)
+        a beat is skipped while the deployment's own command runs: the console is opened
+        exclusively, so no other job can reach the board meanwhile, and the next beat renews."""
+        res = self.transport.try_run(["sh", "-c", _RENEW, "sh", self.path, self.token, str(self.ttl_s)], timeout=30)
+        if res is None:
+            return True
         if "LOST" in res.stdout:
             self.lost = True
         return "RENEWED" in res.stdout

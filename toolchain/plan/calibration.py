@@ -70,6 +70,8 @@ def load(fp: str, url: str | None = None) -> list[DeviceMeasurement]:
 
 def record_run(facts: HostFacts, plan: Plan, telemetry: Telemetry, url: str | None = None) -> None:
     """Store what a shipped run measured against what its plan assumed."""
+    if telemetry.decode_tokens_per_s <= 0:
+        return  # no token decoded: nothing to fit
     with _open(url) as h:
         h.add_measurements([measurement(facts, plan, telemetry)])
 

@@ -8,6 +8,7 @@ last lines of output). Each transport implements only the byte-level primitives 
 from __future__ import annotations
 
 import shlex
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
@@ -27,6 +28,9 @@ class Capabilities:
     max_file_bytes: int | None = None  # None: no limit
     separate_stderr: bool = True
     resumable_put: bool = True
+    # One command at a time (a serial console is one stream): a second thread's command waits,
+    # and a background one (the lock heartbeat) is skipped while another runs (try_run).
+    concurrent_commands: bool = True
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class Transport(ABC):
 
     def __init__(self, display: str) -> None:
         self.display = display
+        self._one_at_a_time = threading.RLock()  # reentrant: a transport's own steps nest
 
     # --- public API used by every stage ---
 
@@ -80,6 +85,24 @@ class Transport(ABC):
         self, command: str, *, timeout: float = 60.0, stdin: bytes | None = None, check: bool = True
     ) -> CommandResult:
         """Run a shell command line that the caller built from quoted parts."""
+        if self.capabilities.concurrent_commands:
+            return self._run_shell(command, timeout, stdin, check)
+        with self._one_at_a_time:
+            return self._run_shell(command, timeout, stdin, check)
+
+    def try_run(self, argv: Sequence[str], *, timeout: float = 60.0) -> CommandResult | None:
+        """Run argv now, unchecked; None when the link carries one command at a time and is busy
+        (for background upkeep that may skip a beat, never for the work itself)."""
+        if self.capabilities.concurrent_commands:
+            return self.run(argv, timeout=timeout, check=False)
+        if not self._one_at_a_time.acquire(blocking=False):
+            return None
+        try:
+            return self._run_shell(shell_join(argv), timeout, None, False)
+        finally:
+            self._one_at_a_time.release()
+
+    def _run_shell(self, command: str, timeout: float, stdin: bytes | None, check: bool) -> CommandResult:
         start = time.monotonic()
         try:
             status, out, err = self._exec(command, timeout, stdin)

@@ -109,7 +109,8 @@ class _Screen:
 class SerialTransport(Transport):
     """A shell on a board's serial console (TargetSpec kind "serial")."""
 
-    capabilities = Capabilities(file_transfer=True, max_file_bytes=DEFAULT_MAX_FILE_BYTES, separate_stderr=False, resumable_put=False)
+    capabilities = Capabilities(file_transfer=True, max_file_bytes=DEFAULT_MAX_FILE_BYTES, separate_stderr=False, resumable_put=False,
+                                concurrent_commands=False)
 
     def __init__(
         self,
@@ -288,6 +289,10 @@ class SerialTransport(Transport):
         The markers are printed from split printf arguments, so the echoed command line never
         contains them; the output runs through `| cat` so programs see a pipe, not a tty, as over ssh.
         """
+        with self._one_at_a_time:  # one conversation on the stream at a time (the lock heartbeat is another thread)
+            return self._framed_locked(inner, timeout, heredoc)
+
+    def _framed_locked(self, inner: str, timeout: float, heredoc: str) -> tuple[int, bytes]:
         if not self._ready:
             self._connect()
         tok = secrets.token_hex(8)
