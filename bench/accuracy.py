@@ -5,7 +5,7 @@
 
 For every model of the ladder it predicts (the planner's own code path: catalog entry from the
 GGUF, basis from a probe of this machine), then measures by running the real runner: the plan is
-packaged as `ship` does (templates/runner.py.j2: n_batch 512, threads = recommended, ctx as
+packaged as `ship` does (toolchain/device/runner.py: n_batch 512, threads = recommended, ctx as
 planned, mmap, its prompts, a warm-up, greedy decode of 48 tokens per prompt) and its bench mode
 runs in a fresh process: decode speed and peak RSS (VmHWM). Decode is the median per-token
 latency of the best of --repeat runs (this 2-core VM is shared with other work: medians resist

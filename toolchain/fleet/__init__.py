@@ -1,0 +1,1 @@
+"""The lab: a fleet of boards in parallel (inventory, locks, scheduler, retries, reports, regressions)."""

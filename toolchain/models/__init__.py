@@ -1,0 +1,1 @@
+"""LLM files: the catalog (profiles/models), where GGUFs come from, reading their headers, requantizing, synthetic GGUFs."""

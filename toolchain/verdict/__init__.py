@@ -1,0 +1,1 @@
+"""Telemetry -> Verdict -> Report: validation (pure), the Report noun, report.json/report.md/junit.xml."""
