@@ -108,7 +108,7 @@ boards:
         b = rows[name]
         assert b["passed"] and b["status"] == "passed", b
         assert b["gguf_sha256"] == sha and b["quant"] == "Q4_1" and b["llama_cpp_version"] and b["measured"]["decode_tokens_per_s"] > 0
-        assert [s["name"] for s in b["stages"]][:3] == ["connect", "lock", "connect"] and b["stages"][-1]["name"] == "validate"
+        assert [s["name"] for s in b["stages"]][:3] == ["connect", "lock", "probe"] and b["stages"][-1]["name"] == "validate"
         assert Path(b["run_dir"], "telemetry.jsonl").exists()
     assert rows["pi"]["fingerprint"].startswith("Raspberry Pi 4 Model B") and doc["edgedeploy_version"]
     assert not any((deploy / n / LOCK_NAME).exists() for n in ("pi", "opi", "jetson"))  # every lock released

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, NotRequired, TypedDict, TypeVar
 
 import typer
 
@@ -22,7 +22,10 @@ from toolchain.core.serde import to_json_dict
 
 if TYPE_CHECKING:
     from toolchain.deploy.pipeline import DeployOptions
+    from toolchain.deploy.status import DeploymentStatus
+    from toolchain.fleet.job import LabRun
     from toolchain.plan.request import PlanRequest
+    from toolchain.verdict.report import Report
 
 app = typer.Typer(
     name="edgedeploy", add_completion=False, no_args_is_help=True, pretty_exceptions_show_locals=False,
@@ -62,7 +65,7 @@ def emit(as_json: bool, doc: Any, human: Callable[[], None]) -> None:
         human()
 
 
-def fail(exc: EdgeDeployError, as_json: bool, doc: dict[str, Any] | None = None) -> NoReturn:
+def fail(exc: EdgeDeployError, as_json: bool, doc: Mapping[str, object] | None = None) -> NoReturn:
     """The one place an error becomes output and an exit code: `error:` and `hint:` lines on
     stderr, and with --json one document on stdout (the run's report when there is one)."""
     if STATE["debug"]:
@@ -224,7 +227,7 @@ def ship(
     from toolchain.deploy.pipeline import ship as do_ship
     from toolchain.transports.targets import resolve_target
 
-    def run() -> Any:
+    def run() -> Report:
         req = DeployRequest(
             target=resolve_target(target), deploy_dir=deploy_dir, force=force, strict_prediction=strict_prediction,
             plan=_plan_request(budget, ttft, ctx, model, quant, allow_low_bit, offline, efficiency=efficiency, threads=threads, plan_file=plan_file),
@@ -234,8 +237,7 @@ def ship(
     result = guarded(as_json, run)
     from toolchain.cli.render_plan import render_ship
 
-    doc = result.document()
-    emit(as_json, doc, lambda: render_ship(doc))
+    emit(as_json, result.document(), lambda: render_ship(result))
 
 
 def _deploy_options(mode: str, sustained: str | None, serve_host: str, serve_port: int, offline: bool | None) -> DeployOptions:
@@ -320,6 +322,49 @@ def report(
         sys.stdout.write((d / "report.md").read_text())
 
 
+# --json rows of targets, rollback, status and models (keys: add, never rename).
+
+
+class TargetRow(TypedDict):
+    name: str
+    transport: str
+    host: NotRequired[str | None]  # not on the built-in local target
+    board: NotRequired[str | None]
+    source: str  # the target file, or "built-in"
+
+
+class RollbackDoc(TypedDict):
+    target: str
+    previous: str | None  # the release that was current
+    current: str
+
+
+if TYPE_CHECKING:  # DeploymentStatus is imported only when status runs
+
+    class StatusDoc(DeploymentStatus):
+        target: str  # first key: {"target": ..., **deployment_status(...)}
+
+
+class QuantRow(TypedDict):
+    file_bytes: int | None
+    available: str | None  # how it can be had offline: cached | pypi | local file; None: hub only
+
+
+class ModelRow(TypedDict):
+    id: str
+    name: str
+    params: int
+    license: str
+    quants: dict[str, QuantRow]
+
+
+class RequantRow(TypedDict):
+    model: str
+    quant: str
+    path: str
+    file_bytes: int
+
+
 @app.command()
 def targets(
     boards: Annotated[bool, typer.Option("--boards", help="List the board database instead.")] = False,
@@ -329,10 +374,18 @@ def targets(
     from toolchain.plan.boards import load_boards
     from toolchain.transports.targets import known_targets, load_target_file
 
-    def run() -> list[dict[str, Any]]:
-        if boards:
-            return [to_json_dict(b) for b in load_boards().values()]
-        out: list[dict[str, Any]] = [{"name": "local", "transport": "local", "source": "built-in"}]
+    if boards:
+        specs = guarded(as_json, lambda: list(load_boards().values()))
+
+        def human_boards() -> None:
+            for b in specs:
+                typer.echo(f"{b.id:<24} {b.ram_bytes / 2**30:6.1f} GiB  {b.peak_bandwidth_bytes_per_s / 1e9:7.1f} GB/s peak  {b.name}")
+
+        emit(as_json, specs, human_boards)  # emit's to_json_dict: each BoardSpec as its JSON object
+        return
+
+    def run() -> list[TargetRow]:
+        out: list[TargetRow] = [{"name": "local", "transport": "local", "source": "built-in"}]
         for name, path in known_targets().items():
             spec = load_target_file(path)
             if name != "local":
@@ -343,10 +396,7 @@ def targets(
 
     def human() -> None:
         for r in rows:
-            if boards:
-                typer.echo(f"{r['id']:<24} {r['ram_bytes'] / 2**30:6.1f} GiB  {r['peak_bandwidth_bytes_per_s'] / 1e9:7.1f} GB/s peak  {r['name']}")
-            else:
-                typer.echo(f"{r['name']:<16} {r['transport']:<7} {r.get('host') or ''}")
+            typer.echo(f"{r['name']:<16} {r['transport']:<7} {r.get('host') or ''}")
 
     emit(as_json, rows, human)
 
@@ -359,7 +409,7 @@ def rollback(target: TargetArg, deploy_dir: Annotated[str | None, typer.Option("
     from toolchain.transports.factory import connect
     from toolchain.transports.targets import resolve_target
 
-    def run() -> dict[str, Any]:
+    def run() -> RollbackDoc:
         spec = resolve_target(target)
         with connect(spec) as t:
             sh = Shipper(t, deploy_root(spec, t, deploy_dir), python=target_python(spec))
@@ -380,7 +430,7 @@ def status(target: TargetArg, deploy_dir: Annotated[str | None, typer.Option("--
     from toolchain.transports.factory import connect
     from toolchain.transports.targets import resolve_target
 
-    def run() -> dict[str, Any]:
+    def run() -> StatusDoc:
         spec = resolve_target(target)
         with connect(spec) as t:
             return {"target": spec.name, **deployment_status(t, deploy_root(spec, t, deploy_dir), target_python(spec))}
@@ -417,11 +467,11 @@ def models_list(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     from toolchain.models.catalog import load_catalog
     from toolchain.models.sources import availability, offline_sources
 
-    def run() -> list[dict[str, Any]]:
+    def run() -> list[ModelRow]:
         cat, srcs = load_catalog(), offline_sources()
-        rows = []
+        rows: list[ModelRow] = []
         for e in cat.values():
-            quants = {q: {"file_bytes": qe.file_bytes, "available": availability(e, q, srcs)} for q, qe in e.quants.items()}
+            quants: dict[str, QuantRow] = {q: {"file_bytes": qe.file_bytes, "available": availability(e, q, srcs)} for q, qe in e.quants.items()}
             for (mid, q), s in srcs.items():
                 if mid == e.id and q not in quants:
                     quants[q] = {"file_bytes": s.file_bytes, "available": availability(e, q, srcs)}
@@ -474,13 +524,13 @@ def models_requantize(
     from toolchain.models.requantize import DEFAULT_LADDER, requantize
     from toolchain.models.sources import cached_path, obtain, offline_sources
 
-    def run() -> list[dict[str, Any]]:
+    def run() -> list[RequantRow]:
         entry = lookup(load_catalog(), model_id)
         src_q = check_quant(source_quant) if source_quant else next((q for (m, q) in offline_sources() if m == entry.id), None)
         if src_q is None:
             raise BadInputError(f"{model_id} has no offline source GGUF", "pass --from QUANT for a cached file")
         src = obtain(entry, src_q, log=ui.log)
-        out = []
+        out: list[RequantRow] = []
         for q in [check_quant(x) for x in (to or list(DEFAULT_LADDER))]:
             dest = cached_path(entry.id, q)
             if not dest.exists():
@@ -517,7 +567,7 @@ def lab_run(
     from toolchain.fleet.inventory import load_lab
     from toolchain.fleet.job import run_lab
 
-    def run() -> Any:
+    def run() -> LabRun:
         if parallel is not None and parallel < 1:
             raise BadInputError(f"--parallel {parallel}", "use 1 or more")
         if out is not None:

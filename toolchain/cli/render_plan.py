@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from toolchain.cli import console as ui
 from toolchain.core.nouns import Check, Plan
 from toolchain.core.units import fmt_bytes, fmt_rate
+
+if TYPE_CHECKING:
+    from toolchain.verdict.report import Report
 
 
 def render_plan(plan: Plan) -> None:
@@ -45,13 +48,10 @@ def render_checks(checks: list[Check]) -> None:
     ui.err.print(t)
 
 
-def render_ship(report: dict[str, Any]) -> None:
-    from toolchain.core.serde import from_dict
-
-    checks = [from_dict(Check, c) for c in report["verdict"]["checks"]]
-    render_checks(checks)
-    rel = report.get("release")
+def render_ship(report: Report) -> None:
+    render_checks(report.verdict.checks)
+    rel = report.release
     if rel:
-        state = "activated" if rel.get("activated") else "NOT activated (previous release stays current)"
-        ui.err.print(f"release {rel['id']}: {state}", markup=False)
-    ui.err.print(f"{'PASSED' if report['verdict']['passed'] else 'FAILED'}; run directory {report['run_dir']}", markup=False)
+        state = "activated" if rel.activated else "NOT activated (previous release stays current)"
+        ui.err.print(f"release {rel.id}: {state}", markup=False)
+    ui.err.print(f"{'PASSED' if report.verdict.passed else 'FAILED'}; run directory {report.run_dir}", markup=False)

@@ -24,10 +24,11 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from toolchain.core.nouns import Prediction, Selected
+from toolchain.core.serde import typed_dict_from
 from toolchain.device import device_source
+from toolchain.device.dry_load import Output
 from toolchain.transports.base import Transport
 
 MECHANISM = "llama_model_params.no_alloc with load_mode NONE (header-only sparse file)"
@@ -56,13 +57,14 @@ class DryLoad:
 
 def parse(stdout: str, stderr: str = "", exit_status: int = 0) -> DryLoad:
     """The script's JSON line (the last one) -> DryLoad; a crash becomes ok=False with the reason."""
-    doc: dict[str, Any] | None = None
+    doc: Output | None = None
     for line in reversed(stdout.splitlines()):
         if line.startswith("{"):
             try:
-                doc = json.loads(line)
+                raw = json.loads(line)
             except ValueError:
                 continue
+            doc = typed_dict_from(Output, raw) if isinstance(raw, dict) else None  # wrong-typed keys read as absent
             break
     if doc is None:
         tail = (stderr.strip().splitlines() or ["no output"])[-1]
@@ -79,10 +81,10 @@ def parse(stdout: str, stderr: str = "", exit_status: int = 0) -> DryLoad:
             kv_total += int(float(k.group(1)) * _MIB)
             cells.append(int(k.group(2)))
     return DryLoad(
-        ok=bool(doc.get("ok")), model_bytes=int(doc.get("model_bytes", 0)), kv_bytes=kv_total, kv_cells=cells,
+        ok=doc.get("ok", False), model_bytes=doc.get("model_bytes", 0), kv_bytes=kv_total, kv_cells=cells,
         compute_bytes=sum(v for k, v in buffers.items() if k.endswith(" compute")),
         output_bytes=sum(v for k, v in buffers.items() if k.endswith(" output")), buffers=buffers,
-        rss_bytes=int(doc.get("rss_bytes", 0)), llama_cpp=str(doc.get("llama_cpp", "")), error=doc.get("error"),
+        rss_bytes=doc.get("rss_bytes", 0), llama_cpp=doc.get("llama_cpp", ""), error=doc.get("error"),
     )
 
 

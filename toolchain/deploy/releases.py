@@ -17,7 +17,6 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from toolchain.core.errors import BadInputError, EdgeDeployError, TargetError
 from toolchain.core.nouns import Bundle, Release, TargetSpec
@@ -176,8 +175,9 @@ class Shipper:
     def activate(self, release_id: str) -> None:
         self.sh(_ATOMIC_LINK, self.root, f"releases/{release_id}", self.python)
 
-    def manifest(self, release_id: str) -> dict[str, Any]:
-        """A release's manifest.json ({} when unreadable)."""
+    def manifest(self, release_id: str) -> dict[str, object]:
+        """A release's manifest.json ({} when unreadable); a file on the target that anything could
+        have edited, so its values are object: the reader checks each one (deploy/status.py)."""
         text = self.sh('cat "$1/releases/$2/manifest.json" 2>/dev/null || true', self.root, release_id)
         try:
             doc = json.loads(text) if text.strip() else {}

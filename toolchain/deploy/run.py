@@ -11,7 +11,6 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from toolchain.core.errors import CommandTimeout, EdgeDeployError
 from toolchain.core.nouns import Release, Telemetry
@@ -34,7 +33,7 @@ class RunOutcome:
     error: str | None  # what went wrong, in words, when telemetry is missing
     log_tail: str = ""
     failure_kind: str | None = None  # oom | crash | timeout | reboot | unreachable | None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, int | str] = field(default_factory=dict)  # the evidence: peak_rss_bytes, boot_id_before/after
 
 
 def boot_id(transport: Transport) -> str | None:

@@ -17,10 +17,23 @@ import json
 import os
 import sys
 import tempfile
-from typing import Any
+from typing import Any, TypedDict
 
 # llama.cpp keeps the C pointer to the log callback: the Python object must outlive every load.
 _LOG_CALLBACK: Any = None
+
+
+class Output(TypedDict, total=False):
+    """The one JSON line this script prints (toolchain/deploy/dry_load.py reads it back). Every key
+    is optional to the reader: a failed load stops before the sizes."""
+
+    ok: bool
+    log: list[str]  # the log lines keep_line() kept
+    error: str
+    llama_cpp: str
+    model_bytes: int
+    n_params: int
+    rss_bytes: int  # VmHWM of this process
 
 
 def keep_line(line: str) -> bool:
@@ -30,7 +43,7 @@ def keep_line(line: str) -> bool:
 
 def main(argv: list[str]) -> int:
     work, size, ctx, n_batch, kv, fa, swa_full, ngl, threads, n_out = argv[:10]
-    out: dict[str, Any] = {"ok": False, "log": []}
+    out: Output = {"ok": False, "log": []}
 
     def done(code: int) -> int:
         print(json.dumps(out), flush=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict, TypedDict
+from typing import Any, Dict, Mapping, TypedDict
 
 START = "start"  # the runner began (pid, boot_id, its settings)
 LOADED = "loaded"  # the model is loaded
@@ -35,9 +35,24 @@ class Header(TypedDict):
     time: float  # time.time() on the device
 
 
+class RunSettings(TypedDict):
+    """The start event's "settings": settings.json less the prompts and the release id."""
+
+    model_file: str
+    threads: int
+    ctx: int
+    kv_type: str
+    flash_attn: bool
+    use_mmap: bool
+    n_batch: int
+    decode_tokens: int
+    model: str
+    quant: str
+
+
 class StartEvent(Header):
     mode: str
-    settings: dict[str, Any]
+    settings: RunSettings
     pid: int
     boot_id: str | None
 
@@ -106,7 +121,7 @@ class ResultEvent(Header, Result):
 RESULT_FIELDS: tuple[str, ...] = tuple(Result.__annotations__)
 
 
-def line(event: str, data: dict[str, Any]) -> str:
+def line(event: str, data: Mapping[str, object]) -> str:
     """One event as its JSON line (without the newline); `event` and `time` win over data's."""
     doc = dict(data)
     doc["event"] = event
@@ -114,7 +129,7 @@ def line(event: str, data: dict[str, Any]) -> str:
     return json.dumps(doc, sort_keys=True)
 
 
-def emit(out: str, event: str, **data: Any) -> str:
+def emit(out: str, event: str, **data: object) -> str:
     """Append one event to `out` (flushed and fsynced) and echo it on stdout; returns the line."""
     text = line(event, data)
     with open(out, "a") as f:

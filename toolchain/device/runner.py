@@ -24,8 +24,8 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -70,12 +70,13 @@ class Settings:
     release_id: str
     prompts: list[str]
 
-    def start_settings(self) -> dict[str, Any]:
+    def start_settings(self) -> events.RunSettings:
         """What the start event reports as "settings" (the prompts are the release's, not a setting)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("prompts", "release_id")}
+        return {"model_file": self.model_file, "threads": self.threads, "ctx": self.ctx, "kv_type": self.kv_type, "flash_attn": self.flash_attn,
+                "use_mmap": self.use_mmap, "n_batch": self.n_batch, "decode_tokens": self.decode_tokens, "model": self.model, "quant": self.quant}
 
 
-def _field(doc: dict[str, Any], key: str, kind: type[T], where: str) -> T:
+def _field(doc: Mapping[str, object], key: str, kind: type[T], where: str) -> T:
     value = doc.get(key)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ValueError(f"{where}: {key} should be a {kind.__name__}, found {value!r}")

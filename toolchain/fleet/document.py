@@ -8,10 +8,9 @@ what was predicted, the budget and each check.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from toolchain import __version__
 from toolchain.core.nouns import HostFacts
@@ -26,15 +25,148 @@ from toolchain.plan import calibration
 SCHEMA = "edgedeploy-lab-report/1"
 
 
+# The document's shape, key for key as docs/lab-report.schema.json has it (add keys, never rename).
+
+
+class LabRef(TypedDict):
+    name: str
+    source: str  # path of the lab file
+
+
+class CiRef(TypedDict):
+    job_id: str | None  # None outside CI
+    job_url: str | None
+
+
+class HistoryRef(TypedDict):
+    """Where the run was stored."""
+
+    url: str  # database URL, password hidden
+    run_id: int
+
+
+class Counts(TypedDict):
+    boards: int
+    passed: int
+    infrastructure: int
+    configuration: int
+    result: int
+    internal: NotRequired[int]  # only when a bug in edgedeploy stopped a board
+
+
+class StageRow(TypedDict):
+    name: str
+    started_s: float
+    duration_s: float | None
+
+
+class LockRow(TypedDict):
+    waited_s: float
+    waited_for: str | None  # the job that held the board lock while this one waited
+    took_over: str | None  # the expired lock this job replaced
+
+
+class BudgetRow(TypedDict):
+    decode_ms_per_token: float
+    ttft_ms: float | None
+
+
+class MeasuredRow(TypedDict):
+    decode_tokens_per_s: float
+    decode_ms_p50: float
+    decode_ms_p90: float
+    decode_ms_p99: float
+    ttft_ms: float
+    peak_rss_bytes: int
+    temperature_before_c: float | None
+    temperature_after_c: float | None
+
+
+class PredictedRow(TypedDict):
+    decode_tokens_per_s: float
+    peak_memory_bytes: int
+
+
+class CheckRow(TypedDict):
+    """One lab check: one JUnit test case."""
+
+    name: str
+    outcome: str  # passed | failed | error | skipped
+    message: str
+    detail: str
+
+
+class RegressionRow(TypedDict):
+    regressed: bool
+    measured_tokens_per_s: float
+    baseline_tokens_per_s: float
+    stdev_tokens_per_s: float
+    threshold_tokens_per_s: float
+    runs: int
+    drop: float
+
+
+class BoardRow(TypedDict):
+    name: str  # the board's key in the lab file
+    labels: list[str]
+    target: str
+    passed: bool
+    status: str
+    failure_class: str | None
+    exit_code: int
+    error: str | None
+    hint: str | None
+    attempts: int
+    retries: int
+    timed_out: bool
+    duration_s: float
+    stages: list[StageRow]
+    lock: LockRow
+    fingerprint: str | None
+    model: str | None
+    quant: str | None
+    gguf_sha256: str | None
+    llama_cpp_version: str | None
+    budget: BudgetRow
+    measured: MeasuredRow | None
+    predicted: PredictedRow | None
+    checks: list[CheckRow]
+    regression: RegressionRow | None  # None without an earlier passing run of this model and quant
+    run_dir: str | None
+
+
+class LabDocument(TypedDict):
+    """report.json of a lab run directory."""
+
+    schema: str
+    lab: LabRef
+    edgedeploy_version: str
+    ci: CiRef
+    mode: str  # full | probe-only
+    started_at: str
+    finished_at: str
+    duration_s: float
+    passed: bool
+    exit_code: int
+    run_dir: str
+    history: HistoryRef | None  # None for probe-only runs
+    counts: Counts
+    boards: list[BoardRow]
+
+
 def lab_document(lab: Lab, boards: tuple[LabBoard, ...], outcomes: list[BoardOutcome], *, started_at: datetime, finished_at: datetime,
-                 exit_code: int, run_dir: Path, probe_only: bool, history: dict[str, Any] | None) -> dict[str, Any]:
+                 exit_code: int, run_dir: Path, probe_only: bool, history: HistoryRef | None) -> LabDocument:
     by_name = {b.name: b for b in boards}
     rows = [board_row(o, by_name[o.name], probe_only) for o in outcomes]
-    counts = {"boards": len(rows), "passed": sum(1 for r in rows if r["passed"])}
-    counts |= {c.value: sum(1 for r in rows if r["failure_class"] == c.value) for c in FailureClass if c is not FailureClass.INTERNAL}
-    internal = sum(1 for r in rows if r["failure_class"] == FailureClass.INTERNAL.value)
+
+    def failed(c: FailureClass) -> int:
+        return sum(1 for r in rows if r["failure_class"] == c.value)
+
+    counts: Counts = {"boards": len(rows), "passed": sum(1 for r in rows if r["passed"]), "infrastructure": failed(FailureClass.INFRASTRUCTURE),
+                      "configuration": failed(FailureClass.CONFIGURATION), "result": failed(FailureClass.RESULT)}
+    internal = failed(FailureClass.INTERNAL)
     if internal:  # a bug in edgedeploy, counted apart from the boards' own failures (schema: optional)
-        counts[FailureClass.INTERNAL.value] = internal
+        counts["internal"] = internal
     job_id, job_url = ci_job()
     return {
         "schema": SCHEMA,
@@ -54,7 +186,7 @@ def lab_document(lab: Lab, boards: tuple[LabBoard, ...], outcomes: list[BoardOut
     }
 
 
-def board_row(o: BoardOutcome, board: LabBoard, probe_only: bool) -> dict[str, Any]:
+def board_row(o: BoardOutcome, board: LabBoard, probe_only: bool) -> BoardRow:
     report = o.report
     facts = load_facts(o.run_dir)
     plan = report.plan if report else None
@@ -64,6 +196,7 @@ def board_row(o: BoardOutcome, board: LabBoard, probe_only: bool) -> dict[str, A
     budget = plan.budget if plan else board.budget
     checks = board_checks(o, ttft_budget=budget.ttft_ms is not None, probe_only=probe_only)
     pred = sel.predicted if sel else None
+    reg = o.regression
     return {
         "name": o.name,
         "labels": list(o.labels),
@@ -94,8 +227,12 @@ def board_row(o: BoardOutcome, board: LabBoard, probe_only: bool) -> dict[str, A
             "temperature_before_c": tel.temperature_before_c, "temperature_after_c": tel.temperature_after_c,
         },
         "predicted": None if pred is None else {"decode_tokens_per_s": pred.decode_tokens_per_s, "peak_memory_bytes": pred.peak_memory_bytes},
-        "checks": [asdict(c) for c in checks],
-        "regression": None if o.regression is None else {**asdict(o.regression), "drop": round(o.regression.drop, 4)},
+        "checks": [{"name": c.name, "outcome": c.outcome, "message": c.message, "detail": c.detail} for c in checks],
+        "regression": None if reg is None else {
+            "regressed": reg.regressed, "measured_tokens_per_s": reg.measured_tokens_per_s, "baseline_tokens_per_s": reg.baseline_tokens_per_s,
+            "stdev_tokens_per_s": reg.stdev_tokens_per_s, "threshold_tokens_per_s": reg.threshold_tokens_per_s, "runs": reg.runs,
+            "drop": round(reg.drop, 4),
+        },
         "run_dir": o.run_dir,
     }
 

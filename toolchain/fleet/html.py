@@ -5,19 +5,22 @@ from __future__ import annotations
 import base64
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import jinja2
 
 from toolchain.core.paths import templates_dir
 from toolchain.fleet import plots
 
+if TYPE_CHECKING:  # the document's types only; fleet.document imports the whole runner
+    from toolchain.fleet.document import LabDocument
+
 
 def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def render_html(doc: dict[str, Any], series: list[plots.BoardSeries], trend: list[plots.TrendPoint], out_dir: Path) -> str:
+def render_html(doc: LabDocument, series: list[plots.BoardSeries], trend: list[plots.TrendPoint], out_dir: Path) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())), autoescape=True,
                              undefined=jinja2.ChainableUndefined, keep_trailing_newline=True)
     figures = {

@@ -7,6 +7,7 @@ silently become a default). See targets/lab.example.yaml and docs/lab.md.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -126,11 +127,12 @@ def load_lab(path: Path) -> Lab:
     job = _timeouts(data.get("timeouts") or {}, f"{where}: timeouts", None)
     defaults = _mapping(data, "defaults", where)
     _no_unknown(defaults, SETTING_KEYS, where, "defaults.")
-    labels = _mapping(data, "labels", where)
-    for label, settings in labels.items():
+    labels: dict[str, Mapping[str, object]] = {}
+    for label, settings in _mapping(data, "labels", where).items():
         if not isinstance(settings, dict):
             raise BadInputError(f"{where}: labels.{label} should be a mapping of settings", f"use keys: {', '.join(sorted(SETTING_KEYS))}")
         _no_unknown(settings, SETTING_KEYS, where, f"labels.{label}.")
+        labels[label] = settings
     boards_raw = _mapping(data, "boards", where)
     if not boards_raw:
         raise BadInputError(f"{where}: no boards", "add a 'boards:' mapping of board name -> target")
@@ -158,7 +160,7 @@ def load_lab(path: Path) -> Lab:
 # --- boards ---------------------------------------------------------------------------------
 
 
-def _board(name: str, entry: Any, where: str, base_dir: Path, defaults: dict[str, Any], labels: dict[str, Any],
+def _board(name: str, entry: object, where: str, base_dir: Path, defaults: Mapping[str, object], labels: Mapping[str, Mapping[str, object]],
            job: _TimeoutLayers) -> LabBoard:
     key = f"boards.{name}"
     if isinstance(entry, str):
@@ -171,10 +173,10 @@ def _board(name: str, entry: Any, where: str, base_dir: Path, defaults: dict[str
         board_labels = [board_labels]
     if not isinstance(board_labels, list) or not all(isinstance(x, str) for x in board_labels):
         raise BadInputError(f"{where}: {key}.labels should be a list of names", "e.g. labels: [pi5, nvme]")
-    layers: list[tuple[str, dict[str, Any]]] = [("defaults", defaults)]
+    layers: list[tuple[str, Mapping[str, object]]] = [("defaults", defaults)]
     layers += [(f"labels.{lab}", labels[lab]) for lab in board_labels if lab in labels]
     layers.append((key, {k: v for k, v in entry.items() if k in SETTING_KEYS}))
-    settings: dict[str, tuple[Any, str]] = {}  # key -> (value, where it was set)
+    settings: dict[str, tuple[object, str]] = {}  # key -> (value, where it was set)
     timeouts = job
     for layer_key, layer in layers:
         for k, v in layer.items():
@@ -212,7 +214,7 @@ def _board(name: str, entry: Any, where: str, base_dir: Path, defaults: dict[str
     )
 
 
-def _spec(name: str, entry: dict[str, Any], where: str, key: str) -> TargetSpec:
+def _spec(name: str, entry: Mapping[str, object], where: str, key: str) -> TargetSpec:
     at = f"{where}: {key}"
     if "target" in entry:
         extra = set(entry) & (TARGET_KEYS - TARGET_REFINEMENTS - {"target"})
@@ -281,7 +283,7 @@ class _TimeoutLayers:
         return _TimeoutLayers(values)
 
 
-def _timeouts(raw: Any, at: str, base: _TimeoutLayers | None) -> _TimeoutLayers:
+def _timeouts(raw: object, at: str, base: _TimeoutLayers | None) -> _TimeoutLayers:
     where_file, _, key = at.partition(": ")
     if not isinstance(raw, dict):
         raise BadInputError(f"{at} should be a mapping", "e.g. timeouts: {board: 30m, stages: {run: 20m}}")
@@ -316,7 +318,7 @@ def _key(at: str) -> str:
     return at.rpartition(": ")[2]
 
 
-def _mapping(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+def _mapping(data: Mapping[str, object], key: str, where: str) -> Mapping[str, object]:
     value = data.get(key)
     if value is None:
         return {}
@@ -325,7 +327,7 @@ def _mapping(data: dict[str, Any], key: str, where: str) -> dict[str, Any]:
     return value
 
 
-def _no_unknown(data: dict[str, Any], allowed: set[str], where: str, prefix: str) -> None:
+def _no_unknown(data: Mapping[str, object], allowed: set[str], where: str, prefix: str) -> None:
     for k in data:
         if k not in allowed:
             import difflib
@@ -335,7 +337,7 @@ def _no_unknown(data: dict[str, Any], allowed: set[str], where: str, prefix: str
                                 f"allowed here: {', '.join(sorted(allowed))}")
 
 
-def _names(setting: tuple[Any, str] | None) -> tuple[str, ...]:
+def _names(setting: tuple[object, str] | None) -> tuple[str, ...]:
     """model/quant: one name or a list of names (the planner picks among them)."""
     if setting is None or setting[0] is None:
         return ()

@@ -7,7 +7,6 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
@@ -15,7 +14,7 @@ from toolchain import __version__
 from toolchain.core.errors import EXIT_VALIDATION
 from toolchain.fleet import plots
 from toolchain.fleet.classify import FailureClass, lab_exit_code
-from toolchain.fleet.document import lab_document, latencies_ms, load_facts
+from toolchain.fleet.document import BoardRow, HistoryRef, LabDocument, lab_document, latencies_ms, load_facts
 from toolchain.fleet.html import render_html
 from toolchain.fleet.inventory import Lab
 from toolchain.fleet.live import LiveView
@@ -34,7 +33,7 @@ DEFAULT_PARALLEL = 16
 
 @dataclass
 class LabRun:
-    doc: dict[str, Any]
+    doc: LabDocument
     exit_code: int
     run_dir: Path
     outcomes: list[BoardOutcome]
@@ -61,7 +60,7 @@ def run_lab(lab: Lab, *, labels: list[str] | None = None, parallel: int | None =
         if history is not None:
             _judge_regressions(history, outcomes)
         exit_code = lab_exit_code([o.exit_code for o in outcomes])
-        hist_doc = None
+        hist_doc: HistoryRef | None = None
         trend: list[plots.TrendPoint] = []
         if history is not None:
             run_id = history.record(_run_record(lab, started, finished, exit_code, run_dir), [_board_record(o) for o in outcomes])
@@ -77,7 +76,7 @@ def run_lab(lab: Lab, *, labels: list[str] | None = None, parallel: int | None =
     return LabRun(doc, exit_code, run_dir, outcomes)
 
 
-def write_lab_reports(run_dir: Path, doc: dict[str, Any], outcomes: list[BoardOutcome], trend: list[plots.TrendPoint]) -> None:
+def write_lab_reports(run_dir: Path, doc: LabDocument, outcomes: list[BoardOutcome], trend: list[plots.TrendPoint]) -> None:
     (run_dir / "report.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     write_junit(run_dir / "junit.xml", lab_suites(doc), name=f"edgedeploy lab {doc['lab']['name']}", duration_s=doc["duration_s"])
     by_name = {o.name: o for o in outcomes}
@@ -88,12 +87,16 @@ def write_lab_reports(run_dir: Path, doc: dict[str, Any], outcomes: list[BoardOu
     publish_step_summary(summary)
 
 
-def lab_suites(doc: dict[str, Any]) -> list[Suite]:
+def lab_suites(doc: LabDocument) -> list[Suite]:
     """One JUnit suite per board, its lab checks as cases, its identity as properties."""
     suites = []
     for b in doc["boards"]:
-        props = {k: str(b[k]) for k in ("target", "status", "failure_class", "retries", "fingerprint", "model", "quant", "gguf_sha256",
-                                        "llama_cpp_version", "run_dir") if b.get(k) is not None}
+        identity: dict[str, object] = {
+            "target": b["target"], "status": b["status"], "failure_class": b["failure_class"], "retries": b["retries"],
+            "fingerprint": b["fingerprint"], "model": b["model"], "quant": b["quant"], "gguf_sha256": b["gguf_sha256"],
+            "llama_cpp_version": b["llama_cpp_version"], "run_dir": b["run_dir"],
+        }
+        props = {k: str(v) for k, v in identity.items() if v is not None}
         props |= {"labels": ",".join(b["labels"]), "edgedeploy_version": doc["edgedeploy_version"]}
         cases = [Case(c["name"], c["outcome"], c["message"], c["detail"]) for c in b["checks"]]
         suites.append(Suite(b["name"], f"edgedeploy.lab.{b['name']}", cases, duration_s=b["duration_s"], timestamp=doc["started_at"],
@@ -143,13 +146,14 @@ def _board_record(o: BoardOutcome) -> BoardRecord:
     )
 
 
-def _series(row: dict[str, Any], o: BoardOutcome) -> plots.BoardSeries:
+def _series(row: BoardRow, o: BoardOutcome) -> plots.BoardSeries:
     run = next((s for s in row["stages"] if s["name"] == "run"), None)
     budget_ms = row["budget"]["decode_ms_per_token"]
-    measured, predicted = row["measured"] or {}, row["predicted"] or {}
+    measured, predicted = row["measured"], row["predicted"]
     return plots.BoardSeries(
-        name=row["name"], passed=row["passed"], measured_tps=measured.get("decode_tokens_per_s"), predicted_tps=predicted.get("decode_tokens_per_s"),
+        name=row["name"], passed=row["passed"], measured_tps=measured["decode_tokens_per_s"] if measured else None,
+        predicted_tps=predicted["decode_tokens_per_s"] if predicted else None,
         budget_tps=1000.0 / budget_ms if budget_ms else None, latencies_ms=latencies_ms(o),
-        temp_before_c=measured.get("temperature_before_c"), temp_after_c=measured.get("temperature_after_c"),
+        temp_before_c=measured["temperature_before_c"] if measured else None, temp_after_c=measured["temperature_after_c"] if measured else None,
         run_s=run["duration_s"] if run else None,
     )

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import jinja2
 
 from toolchain.core.paths import templates_dir
 
+if TYPE_CHECKING:  # the document's types only; fleet.document imports the whole runner
+    from toolchain.fleet.document import LabDocument
 
-def render_summary(doc: dict[str, Any]) -> str:
+
+def render_summary(doc: LabDocument) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(templates_dir())), autoescape=False,
                              undefined=jinja2.ChainableUndefined, keep_trailing_newline=True, trim_blocks=True, lstrip_blocks=True)
     env.filters["cell"] = lambda v: str(v).replace("|", "\\|").replace("\n", " ")

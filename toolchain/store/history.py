@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -113,7 +112,7 @@ class History:
         parsed = sa.make_url(self.url)
         self.display = parsed.render_as_string(hide_password=True)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        connect_args: dict[str, Any] = {}
+        connect_args: dict[str, int] = {}
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
@@ -246,10 +245,13 @@ class History:
         if since is not None:
             q = q.where(lab_runs.c.started_at >= since)
         names = {f.name for f in fields(RunRecord)}
+        out = []
         with self.engine.connect() as conn:
-            rows: list[dict[str, Any]] = [
-                {k: (_aware(v) if isinstance(v, datetime) else v) for k, v in row.items() if k in names} for row in conn.execute(q).mappings()]
-        return [RunRecord(**row) for row in rows]
+            for row in conn.execute(q).mappings():
+                data = {k: v for k, v in row.items() if k in names}
+                data["started_at"], data["finished_at"] = _aware(row["started_at"]), _aware(row["finished_at"])
+                out.append(RunRecord(**data))
+        return out
 
 
 def _aware(value: datetime) -> datetime:
