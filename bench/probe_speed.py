@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.boards.sshd import SshBoard  # noqa: E402
 from toolchain.core.nouns import TargetSpec  # noqa: E402
-from toolchain.deploy.pipeline import deploy_root  # noqa: E402
+from toolchain.probe.reach import deploy_root  # noqa: E402
 from toolchain.probe import probe  # noqa: E402
 from toolchain.transports.ssh import SshTransport  # noqa: E402
 
