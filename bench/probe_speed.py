@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 
 from tests.boards.sshd import SshBoard  # noqa: E402
 from toolchain.core.nouns import TargetSpec  # noqa: E402
-from toolchain.probe.reach import deploy_root  # noqa: E402
 from toolchain.probe import probe  # noqa: E402
+from toolchain.probe.reach import deploy_root  # noqa: E402
 from toolchain.transports.ssh import SshTransport  # noqa: E402
 
 GOAL_S = 1.0

@@ -15,6 +15,17 @@ from tests.boards.fixtures import *  # noqa: F403  (emulated SSH boards)
 from tests.boards.serial_fixtures import *  # noqa: F403  (pty serial console)
 
 REPO = Path(__file__).resolve().parent.parent
+KINDS = ("unit", "integration", "e2e")  # tests/<kind>/: the marker every test in it gets
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by its folder (`pytest -m unit` runs the fast ones); a test outside the
+    three folders is an error, so none goes unclassified."""
+    for item in items:
+        kind = next((k for k in KINDS if (REPO / "tests" / k) in item.path.parents), None)
+        if kind is None:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/integration or tests/e2e")
+        item.add_marker(kind)
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_probe_support import board_raw, output
+from tests.unit.test_probe_support import board_raw, output
 from toolchain.cli.render_facts import render_facts, summary_line
 from toolchain.core.nouns import HostFacts
 from toolchain.probe.assemble import assemble_facts

@@ -367,7 +367,7 @@ def test_killed_host_process_takes_its_ssh_copy_along(board: SshBoard, tmp_path:
     remote = tmp_path / "remote.partial"
     script = f"""
 import os, signal, sys
-sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
 from pathlib import Path
 from toolchain.core.nouns import TargetSpec
 from toolchain.transports.ssh import SshTransport

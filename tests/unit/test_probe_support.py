@@ -12,7 +12,7 @@ from toolchain.core.serde import to_json_dict
 from toolchain.probe.commands import ALL_FACTS
 from toolchain.probe.parsers import PARSERS
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "probe"
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "probe"
 REQUIRED = ("command", "source", "output", "expected")
 
 

@@ -18,14 +18,14 @@ import yaml
 from tests.boards.adb_fixtures import RunningDevice
 from tests.boards.serial_console import SerialConsole
 from tests.boards.sshd import SshBoard
-from tests.test_probe_support import check_fixture, fixture_files
+from tests.unit.test_probe_support import check_fixture, fixture_files
 from toolchain.core.nouns import HostFacts, TargetSpec
 from toolchain.probe import probe
 from toolchain.transports.adb import AdbTransport
 from toolchain.transports.serial import SerialTransport
 from toolchain.transports.ssh import SshTransport
 
-BOARDS = Path(__file__).resolve().parent / "boards"
+BOARDS = Path(__file__).resolve().parents[1] / "boards"
 HOST_MEMTOTAL = re.search(r"^MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text(), re.M)
 GiB = 1 << 30
 

@@ -11,7 +11,7 @@ import pytest
 
 from toolchain.core import paths, settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 NAME = re.compile(r"\bEDGEDEPLOY_[A-Z0-9_]*[A-Z0-9]\b")
 # Where the variables live: the package, the on-device templates, and the rigs that set two.
 SCANNED = ("toolchain", "templates", "tests/boards", "scripts", "bench")

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.config import Config
 
-from tests.test_probe_support import board_raw
+from tests.unit.test_probe_support import board_raw
 from toolchain.core.nouns import Budget, HostFacts, Plan, Telemetry
 from toolchain.models.catalog import load_catalog
 from toolchain.plan import calibration

@@ -83,7 +83,7 @@ def test_postgres_history_roundtrip(postgres_url: str) -> None:
 def test_lab_run_stores_into_postgres(postgres_url: str, tmp_path: Path) -> None:
     lab = tmp_path / "lab.yaml"
     lab.write_text(f"name: pg-lab\nboards:\n  here: {{target: local, deploy_dir: {tmp_path / 'deploy'}}}\n")
-    from tests.test_lab_local import FakeShip
+    from tests.e2e.test_lab_local import FakeShip
 
     result = run_lab(load_lab(lab), history_url=postgres_url, deploy_fn=FakeShip({"here": 25.0}))
     assert result.exit_code == 0 and result.doc["history"]["url"].startswith("postgresql+psycopg://")

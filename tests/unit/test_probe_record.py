@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.test_probe_support import board_raw, check_fixture, fixture_files, load, output
+from tests.unit.test_probe_support import board_raw, check_fixture, fixture_files, load, output
 from toolchain.probe.record import scrub, write_recording
 
 

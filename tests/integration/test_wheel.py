@@ -19,7 +19,7 @@ import toolchain
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RESOURCE_DIRS = ("targets", "profiles", "templates")
 # Build outputs and caches stay behind: the copy is what `pip wheel .` reads from a clean clone.
 NOT_COPIED = shutil.ignore_patterns(".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.pyc",

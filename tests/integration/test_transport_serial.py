@@ -148,7 +148,7 @@ def test_dash_console(tmp_path: Path) -> None:
 
 def test_console_on_an_emulated_board() -> None:
     # The shell runs inside the rpi4-4gb overlay (tests/boards/overlay.py): the board's files show.
-    board = Path(__file__).parent / "boards" / "rpi4-4gb"
+    board = Path(__file__).resolve().parents[1] / "boards" / "rpi4-4gb"
     arch = re.search(r"^arch:\s*(\S+)", (board / "board.yaml").read_text(), re.MULTILINE)
     assert arch
     with SerialConsole(board) as console, connect(console) as pi:

@@ -36,7 +36,7 @@ from toolchain.plan.request import PlanRequest
 from toolchain.transports.ssh import SshTransport
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

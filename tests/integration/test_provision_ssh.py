@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from tests.boards.sshd import SshBoard
+from tests.e2e.test_ship_ssh import connect_to, ship_plan
 from tests.shipkit import host_board_dir, ssh_spec
-from tests.test_ship_ssh import connect_to, ship_plan
 from toolchain.core.errors import BadInputError
 from toolchain.deploy.provision import Provisioner, find_cached_wheel, host_runtime, inspect_python, toolchain_llama_version
 from toolchain.transports.ssh import SshTransport

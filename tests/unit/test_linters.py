@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 # The tools of the interpreter running the tests (.venv/bin), not whichever is first on PATH.
 # Not resolved: a venv's python is a symlink to the base interpreter, whose bin has no ruff.
 BIN = Path(sys.executable).parent

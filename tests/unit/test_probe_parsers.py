@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_probe_support import FIXTURES, check_fixture, fixture_files, load
+from tests.unit.test_probe_support import FIXTURES, check_fixture, fixture_files, load
 from toolchain.core.serde import to_json_dict
 from toolchain.probe.assemble import assemble_facts
 from toolchain.probe.commands import ALL_FACTS, FACTS, MEASUREMENTS

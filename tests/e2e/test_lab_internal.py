@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.test_lab_local import run
+from tests.e2e.test_lab_local import run
 from toolchain.core.errors import EXIT_INTERNAL
 from toolchain.core.events import Events
 from toolchain.deploy.pipeline import DeployRequest
