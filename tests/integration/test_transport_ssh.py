@@ -344,11 +344,13 @@ def test_upload_interrupted_by_dropped_connection(
         f.truncate(1 << 30)  # sparse: 1 GiB to read, nothing to write locally
     remote = tmp_path / "remote.partial"
     killed_at: list[float] = []
+    killers: list[threading.Thread] = []
 
     def progress(done: int, total: int) -> None:
         if done >= 16 << 20 and not killed_at:
             killed_at.append(time.monotonic())
-            threading.Thread(target=b.kill_connections).start()
+            killers.append(threading.Thread(target=b.kill_connections))
+            killers[-1].start()
 
     with alias_transport(b, via=via) as t:
         t.run(["true"])
@@ -356,6 +358,8 @@ def test_upload_interrupted_by_dropped_connection(
         assert killed_at and time.monotonic() - killed_at[0] < 5
         assert "connection lost" in err.message and "partial" in err.hint
         assert 0 < remote.stat().st_size < 1 << 30  # partial file left as is
+        for k in killers:  # the killer may still be sweeping sessions: it must not take the new one too
+            k.join(30)
         assert t.run(["echo", "reconnected"]).stdout == "reconnected\n"
 
 

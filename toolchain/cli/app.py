@@ -89,6 +89,8 @@ def guarded(as_json: bool, fn: Callable[[], T]) -> T:
         fail(exc, as_json)
     except KeyboardInterrupt:
         fail(EdgeDeployError("interrupted", "nothing half-shipped was activated; ship again to resume the upload"), as_json)
+    except (typer.Exit, typer.Abort):
+        raise
     except Exception as exc:  # a bug in edgedeploy: one line and exit 1, the traceback with --debug
         if STATE["debug"]:
             raise
