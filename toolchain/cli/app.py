@@ -91,10 +91,31 @@ def guarded(as_json: bool, fn: Callable[[], T]) -> T:
         fail(EdgeDeployError("interrupted", "nothing half-shipped was activated; ship again to resume the upload"), as_json)
     except (typer.Exit, typer.Abort):
         raise
-    except Exception as exc:  # a bug in edgedeploy: one line and exit 1, the traceback with --debug
+    except Exception as exc:  # a bug in edgedeploy: one line and exit 1; the traceback in a log (and with --debug)
         if STATE["debug"]:
             raise
-        fail(InternalError.wrap(exc), as_json)
+        bug = InternalError.wrap(exc)
+        log = _traceback_log(exc)
+        if log is not None:
+            bug.hint = f"this is a bug in edgedeploy: the traceback is in {log}; please report it"
+        fail(bug, as_json)
+
+
+def _traceback_log(exc: BaseException) -> Path | None:
+    """Keep the traceback of an internal error where a user can attach it to a report."""
+    import time
+    import traceback
+
+    from toolchain.core.paths import data_dir
+
+    try:
+        logs = data_dir() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        path = logs / f"internal-error-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        path.write_text("".join(traceback.format_exception(exc)))
+        return path
+    except OSError:
+        return None
 
 
 # --- shared option parsing ------------------------------------------------------------------
@@ -317,11 +338,15 @@ def report(
             raise BadInputError(f"{d}: no report.json", "pass a run directory printed by `edgedeploy ship`")
         return d
 
-    d = guarded(as_json, run)
-    if as_json:
-        sys.stdout.write((d / "report.json").read_text())
-    else:
-        sys.stdout.write((d / "report.md").read_text())
+    def read() -> str:
+        d = run()
+        name = "report.json" if as_json else "report.md"
+        try:
+            return (d / name).read_text(errors="replace")
+        except OSError as exc:
+            raise BadInputError(f"{d}: cannot read {name}: {exc.strerror}", "pass a run directory printed by `edgedeploy ship`") from exc
+
+    sys.stdout.write(guarded(as_json, read))
 
 
 # --json rows of targets, rollback, status and models (keys: add, never rename).

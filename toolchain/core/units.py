@@ -37,7 +37,10 @@ def parse_duration_ms(text: str, what: str) -> float:
     m = re.fullmatch(_NUM + r"(ms|s)", text.strip().lower())
     if not m:
         raise BadInputError(f"{what} {text!r} has no recognised unit", "use a duration such as 500ms or 2s")
-    return float(m.group(1)) * (1.0 if m.group(2) == "ms" else 1000.0)
+    ms = float(m.group(1)) * (1.0 if m.group(2) == "ms" else 1000.0)
+    if ms <= 0:
+        raise BadInputError(f"{what} {text!r} must be positive", "use a duration such as 500ms or 2s")
+    return ms
 
 
 def parse_size(text: str, what: str = "size") -> int:
@@ -45,7 +48,10 @@ def parse_size(text: str, what: str = "size") -> int:
     m = re.fullmatch(_NUM + r"([kmgt]?i?b?)", text.strip().lower().replace(" ", ""))
     if not m or m.group(2) in ("", "i", "ki", "mi", "gi", "ti"):
         raise BadInputError(f"{what} {text!r} has no recognised unit", "use a size such as 8GB, 7.5GiB or 512MiB")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    size = int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
+    if size <= 0:
+        raise BadInputError(f"{what} {text!r} must be positive", "use a size such as 8GB, 7.5GiB or 512MiB")
+    return size
 
 
 def parse_rate(text: str, what: str = "rate") -> float:
@@ -53,7 +59,10 @@ def parse_rate(text: str, what: str = "rate") -> float:
     raw = text.strip().lower().replace(" ", "")
     if not raw.endswith("/s"):
         raise BadInputError(f"{what} {text!r} has no recognised unit", "use a rate such as 17GB/s or 900MB/s")
-    return float(parse_size(raw[:-2], what))
+    rate = float(parse_size(raw[:-2], what))
+    if rate <= 0:
+        raise BadInputError(f"{what} {text!r} must be positive", "use a rate such as 17GB/s or 900MB/s")
+    return rate
 
 
 def fmt_bytes(n: float | int | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from toolchain.core.errors import BadInputError
@@ -20,8 +21,8 @@ def parse_duration_s(value: object, where: str) -> float:
         if not m:
             raise BadInputError(f"{where} is {value!r}, not a duration", "use seconds (30) or a duration such as 30s, 10m, 1h")
         seconds = float(m.group(1)) * _UNITS[m.group(2)]
-    if seconds <= 0:
-        raise BadInputError(f"{where} is {value!r}: durations must be positive", "use seconds (30) or a duration such as 30s, 10m, 1h")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise BadInputError(f"{where} is {value!r}: durations must be positive and finite", "use seconds (30) or a duration such as 30s, 10m, 1h")
     return seconds
 
 

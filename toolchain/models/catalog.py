@@ -139,12 +139,31 @@ def entry_from_gguf(path: Path) -> ModelEntry:
         n_expert=int(a["n_expert"]), n_expert_used=int(a["n_expert_used"]),
         ternary=info.file_type in TERNARY_QUANTS,
     )
+    _check_arch(path, arch)
     return ModelEntry(
         id=path.stem, name=info.name, architecture=info.architecture, params=info.params, license="see file",
         hf_repo="", hf_file="", arch=arch,
         quants={info.file_type: QuantEntry(info.file_type, info.size_bytes, f"tensor table of {path}")},
         source_file=str(path), local=info,
     )
+
+
+def _check_arch(path: Path, arch: Arch) -> None:
+    """A hand-made GGUF can claim anything: sizes the planner divides by or loops over must be sane."""
+    def values(v: int | list[int]) -> list[int]:
+        return v if isinstance(v, list) else [v]
+
+    bad = [f"{name} {v}" for name, v, lo, hi in (
+        ("block_count", arch.n_layer, 1, 4096), ("embedding_length", arch.n_embd, 1, 1 << 20),
+        ("head_dim", arch.head_dim, 1, 1 << 16), ("vocab size", arch.n_vocab, 1, 1 << 24),
+    ) if not lo <= v <= hi]
+    bad += [f"head_count {v}" for v in values(arch.n_head) if not 1 <= v <= 1 << 16][:1]
+    bad += [f"head_count_kv {v}" for v in values(arch.n_head_kv) if not 0 <= v <= 1 << 16][:1]
+    bad += [f"feed_forward_length {v}" for v in values(arch.n_ff) if not 0 <= v <= 1 << 24][:1]
+    if isinstance(arch.n_head, list) and len(arch.n_head) != arch.n_layer:
+        bad.append(f"{len(arch.n_head)} per-layer head counts for {arch.n_layer} layers")
+    if bad:
+        raise BadInputError(f"{path}: GGUF metadata out of range: {', '.join(bad)}", "the file is damaged or not a real model")
 
 
 def _int_or_list(value: Any) -> int | list[int]:

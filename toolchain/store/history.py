@@ -115,7 +115,11 @@ class History:
         connect_args: dict[str, int] = {}
         if self.is_sqlite:
             if parsed.database and parsed.database != ":memory:":
-                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    raise BadInputError(f"history database {self.display}: cannot create its folder: {exc.strerror}",
+                                        "give a writable path: --history sqlite:///path/history.sqlite") from exc
             connect_args["timeout"] = 30  # concurrent lab runs wait for each other's writes
         else:
             connect_args["connect_timeout"] = 10
