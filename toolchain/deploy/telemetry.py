@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import get_type_hints
-from typing import cast
+from typing import cast, get_type_hints
 
 from toolchain.core.errors import EdgeDeployError, TargetError
 from toolchain.core.nouns import Telemetry
