@@ -197,13 +197,9 @@ def plan(
                             storage_read, bandwidth_share, efficiency, backend, threads)
         facts, kind, tboard = None, "ssh", None
         if facts_file is not None:
-            from toolchain.core.nouns import HostFacts
-            from toolchain.core.serde import from_dict
+            from toolchain.plan.request import load_facts
 
-            try:
-                facts = from_dict(HostFacts, json.loads(facts_file.read_text()))
-            except (OSError, ValueError) as exc:
-                raise BadInputError(f"{facts_file}: not a probe JSON document ({exc})", "write one with: edgedeploy probe TARGET --json > facts.json") from exc
+            facts = load_facts(facts_file)  # checked: types, finite numbers in range (BadInputError naming the field)
         elif target is not None:
             from toolchain.transports.factory import connect
 

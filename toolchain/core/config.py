@@ -15,18 +15,123 @@ T = TypeVar("T")
 _TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true/false", list: "a list", dict: "a mapping"}
 
 
+# Limits on a YAML document (target files, lab files, profiles, boards, catalogs): these are outside
+# input (a lab file comes with a pull request), so the loader is bounded before PyYAML builds anything.
+#   size: at most MAX_YAML_BYTES (the largest file shipped is ~5 KB; a 1000-board lab file ~200 KB)
+#     and MAX_YAML_NODES scalars and collections (keys count), checked before any is constructed;
+#   encoding: UTF-8 (a BOM is allowed), anything else is refused naming the byte;
+#   depth: at most MAX_YAML_DEPTH nested collections (aliases expanded), so 20,000-deep nesting
+#     is refused instead of exhausting the stack;
+#   aliases: anchors and aliases are allowed (a lab file may share a block with `<<: *defaults`),
+#     but what they expand to is counted: more than MAX_YAML_ALIAS_NODES nodes reached through
+#     aliases (a "billion laughs" bomb reaches 10^9), or an alias inside its own anchor, is refused.
+MAX_YAML_BYTES = 256 << 10
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 64
+MAX_YAML_ALIAS_NODES = 10_000
+_YAML_HINT = "fix the file (see the examples beside it)"
+
+
+class _Refused(Exception):
+    """A bound was hit while composing; becomes the one-line BadInputError."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that counts nesting as it composes (PyYAML's composer recurses per level)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if not self.check_event(yaml.AliasEvent):
+            self._depth += 1
+        if self._depth > MAX_YAML_DEPTH:
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+            raise _Refused(f"nested deeper than {MAX_YAML_DEPTH} levels (line {mark.line + 1})")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if self._depth:
+                self._depth -= 1
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse when aliases reach more than MAX_YAML_ALIAS_NODES nodes, or one contains itself.
+
+    Sizes are memoised per node, so a bomb costs its composed size, not its expansion."""
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    reached = 0  # nodes reached a second or later time, i.e. through an alias
+
+    def walk(node: yaml.Node, depth: int) -> int:
+        nonlocal reached
+        key = id(node)
+        if key in on_path:
+            raise _Refused(f"an alias refers to the node that contains it (line {node.start_mark.line + 1})")
+        if key in size:
+            reached += size[key]
+            if reached > MAX_YAML_ALIAS_NODES:
+                raise _Refused(f"aliases expand to more than {MAX_YAML_ALIAS_NODES} nodes (line {node.start_mark.line + 1}): an alias bomb?")
+            return size[key]
+        if depth > MAX_YAML_DEPTH:
+            raise _Refused(f"nested deeper than {MAX_YAML_DEPTH} levels once aliases are expanded (line {node.start_mark.line + 1})")
+        if len(size) >= MAX_YAML_NODES:
+            raise _Refused(f"holds more than {MAX_YAML_NODES} values (line {node.start_mark.line + 1}): not a configuration file")
+        n = 1
+        if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+            on_path.add(key)
+            children = node.value if isinstance(node, yaml.SequenceNode) else [c for kv in node.value for c in kv]
+            for child in children:
+                n += walk(child, depth + 1)
+            on_path.discard(key)
+        size[key] = n
+        return n
+
+    walk(root, 0)
+
+
 # free-form YAML: the top level is whatever the file holds until field() checks each key; Any
 # (not object) so the loaders can walk nested mappings they have just checked with field().
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text())
+        with path.open("rb") as f:
+            raw = f.read(MAX_YAML_BYTES + 1)
     except OSError as exc:
         raise BadInputError(f"{path}: cannot read: {exc.strerror}", "check the path") from exc
+    if len(raw) > MAX_YAML_BYTES:
+        raise BadInputError(f"{path}: larger than {MAX_YAML_BYTES >> 10} KiB: not a configuration file", _YAML_HINT)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise BadInputError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} on line {line})", "save the file as UTF-8") from exc
+    # libyaml's parser where PyYAML has it (the wheels do): the pure-Python one takes ~10 s for 1 MB
+    # and seconds for a run of 20,000 `[`; libyaml stops at 1000 levels, the walk below at 64.
+    loader: yaml.CSafeLoader | _BoundedLoader = yaml.CSafeLoader(text) if yaml.__with_libyaml__ else _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        data = loader.construct_document(node) if node is not None else None
+    except _Refused as exc:
+        raise BadInputError(f"{path}: YAML {exc}", _YAML_HINT) from None
     except yaml.YAMLError as exc:
-        raise BadInputError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}", "fix the syntax") from exc
+        if "nesting depth" in str(exc):  # libyaml's own limit (1000 levels)
+            raise BadInputError(f"{path}: YAML nested deeper than {MAX_YAML_DEPTH} levels", _YAML_HINT) from None
+        raise BadInputError(f"{path}: not valid YAML: {_one_line(str(exc))}", "fix the syntax") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # e.g. a timestamp 2024-13-01, a 5000-digit int
+        raise BadInputError(f"{path}: not valid YAML: {_one_line(str(exc)) or type(exc).__name__}", "fix the value") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
         raise BadInputError(f"{path}: expected a mapping at the top level", "see the examples beside it")
     return data
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else "")[:200]
 
 
 def unknown_name(kind: str, name: str, known: Iterable[str], hint: str, *, cutoff: float = 0.4) -> BadInputError:

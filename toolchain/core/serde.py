@@ -7,6 +7,7 @@ stage can be run alone from the JSON of the stage before (`plan --facts facts.js
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -28,9 +29,24 @@ def to_json_dict(obj: Any) -> Any:
     return obj
 
 
-def from_dict(cls: type[T], data: Any) -> T:
-    """Build `cls` from JSON data; unknown keys are ignored so newer JSON still loads."""
-    return typing.cast(T, _convert(cls, data, cls.__name__))
+class SchemaError(ValueError):
+    """A document that does not match its dataclass: `where` is the field (selected.ctx, or
+    Plan.selected.ctx), `problem` what is wrong with it."""
+
+    def __init__(self, where: str, problem: str) -> None:
+        super().__init__(f"{where}: {problem}" if where else problem)
+        self.where, self.problem = where, problem
+
+
+def from_dict(cls: type[T], data: Any, *, strict: bool = False, where: str | None = None) -> T:
+    """Build `cls` from JSON data; unknown keys are ignored so newer JSON still loads.
+
+    strict: every scalar must have its declared type (a bool is not an int, an int is a float,
+    numbers are finite), dicts and unions are checked too; a mismatch is a SchemaError naming the
+    field (dotted from `where`, default the class name; "" for bare field names). Without strict,
+    scalars pass as they are (the documents edgedeploy wrote itself)."""
+    root = cls.__name__ if where is None else where
+    return typing.cast(T, _convert_strict(cls, data, root) if strict else _convert(cls, data, root))
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -42,24 +58,103 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return _convert(args[0], value, where) if len(args) == 1 else value
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+            raise SchemaError(where, f"expected an object, got {type(value).__name__}")
         hints = get_type_hints(tp)
         kwargs: dict[str, object] = {}
         for f in dataclasses.fields(tp):
             if f.name in value:
                 kwargs[f.name] = _convert(hints[f.name], value[f.name], f"{where}.{f.name}")
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ValueError(f"{where}: missing key {f.name!r}")
+                raise SchemaError(where, f"missing key {f.name!r}")
         return tp(**kwargs)
     if origin in (list, tuple):
         (item,) = get_args(tp)[:1] or (Any,)
         if not isinstance(value, list):
-            raise ValueError(f"{where}: expected a list, got {type(value).__name__}")
+            raise SchemaError(where, f"expected a list, got {type(value).__name__}")
         items = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _got(value: object) -> str:
+    if value is None:
+        return "null"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 40 else text[:35] + '…'}"
+
+
+def _convert_strict(tp: Any, value: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any or tp is object:
+        return value
+    if origin is Union or origin is types.UnionType:
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        if len(args) == 1:
+            return _convert_strict(args[0], value, where)
+        for a in args:  # e.g. int | list[int]: the first that takes the value
+            try:
+                return _convert_strict(a, value, where)
+            except SchemaError:
+                continue
+        raise SchemaError(where, f"expected {' or '.join(_name(a) for a in args)}, got {_got(value)}")
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        if not isinstance(value, dict):
+            raise SchemaError(where, f"expected an object, got {_got(value)}")
+        hints = _HINTS.get(tp)
+        if hints is None:
+            hints = _HINTS[tp] = get_type_hints(tp)
+        kwargs: dict[str, object] = {}
+        for f in dataclasses.fields(tp):
+            if f.name in value:
+                kwargs[f.name] = _convert_strict(hints[f.name], value[f.name], _join(where, f.name))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise SchemaError(_join(where, f.name), "missing")
+        return tp(**kwargs)
+    if origin in (list, tuple):
+        (item,) = get_args(tp)[:1] or (Any,)
+        if not isinstance(value, list):
+            raise SchemaError(where, f"expected a list, got {_got(value)}")
+        items = [_convert_strict(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        _, val_tp = get_args(tp) or (str, Any)
+        if not isinstance(value, dict):
+            raise SchemaError(where, f"expected an object, got {_got(value)}")
+        return {str(k): _convert_strict(val_tp, v, f"{where}[{str(k)!r}]") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SchemaError(where, f"expected a number, got {_got(value)}")
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond any float
+            number = math.inf
+        if not math.isfinite(number):
+            raise SchemaError(where, f"expected a finite number, got {_got(value)}")
+        return number
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SchemaError(where, f"expected an integer, got {_got(value)}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise SchemaError(where, f"expected {_name(tp)}, got {_got(value)}")
+        return value
+    return value
+
+
+def _name(tp: Any) -> str:
+    return {str: "a string", bool: "true or false", int: "an integer", float: "a number"}.get(tp, "a list" if get_origin(tp) is list else str(tp))
 
 
 def typed_dict_from(cls: type[T], doc: Mapping[str, object]) -> T | None:

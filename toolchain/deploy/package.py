@@ -18,6 +18,8 @@ from pathlib import Path
 import jinja2
 
 from toolchain import __version__
+from toolchain.core.errors import BadInputError
+from toolchain.core.identifiers import check_release_id, shown, slug
 from toolchain.core.nouns import Bundle, BundleFile, Plan, Selected
 from toolchain.core.paths import templates_dir
 from toolchain.core.serde import to_json_dict
@@ -46,7 +48,13 @@ def environment(*, strict: bool = True) -> jinja2.Environment:
         keep_trailing_newline=True, autoescape=False,
     )
     env.filters["shell_quote"] = shlex.quote
+    env.filters["shell_comment"] = shell_comment
     return env
+
+
+def shell_comment(value: object) -> str:
+    """A value for a `#` comment line of a shell script: one line (control characters become '?')."""
+    return "".join("?" if ord(c) < 32 or ord(c) == 127 else c for c in str(value))
 
 
 def runner_settings(sel: Selected) -> dict[str, object]:
@@ -64,7 +72,14 @@ def settings_document(sel: Selected, rid: str) -> dict[str, object]:
 
 
 def release_id(sel: Selected, model_sha256: str) -> str:
-    return time.strftime("%Y%m%d-%H%M%S") + f"-{sel.model}-{sel.quant}-{model_sha256[:8]}".lower()
+    """<time>-<model>-<quant>-<sha8>, lower case, from identifiers only: the model and quant as
+    slugs (a catalog id is one already; a local GGUF's file name may not be), the sha as hex. The id
+    names a directory on the target and appears in run.sh: it is checked before it is used."""
+    sha8 = model_sha256[:8].lower()
+    if not (len(sha8) == 8 and all(c in "0123456789abcdef" for c in sha8)):
+        raise BadInputError(f"model sha256 {shown(model_sha256)} is not hexadecimal", "this is a bug: the sha256 comes from hashing the file")
+    rid = time.strftime("%Y%m%d-%H%M%S") + f"-{slug(sel.model, 'model')}-{slug(sel.quant, 'quant')}-{sha8}".lower()
+    return check_release_id(rid, "release id")
 
 
 def package(plan: Plan, gguf: Path, out_dir: Path, *, python: str, model_sha256: str | None = None) -> Bundle:

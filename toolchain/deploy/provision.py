@@ -30,6 +30,7 @@ from pathlib import Path
 
 from toolchain.core import settings
 from toolchain.core.errors import BadInputError, TargetError
+from toolchain.core.identifiers import check_slug, inside
 from toolchain.core.paths import cache_dir
 from toolchain.transports.base import Transport
 from toolchain.transports.local import LocalTransport
@@ -125,6 +126,17 @@ def wheelhouse_dir() -> Path:
     return settings.wheelhouse() or cache_dir() / "wheelhouse"
 
 
+def wheels_for(rt: Runtime, display: str) -> Path:
+    """The wheelhouse folder of `rt`'s kind. The key is made of what a board's Python printed, so
+    each part must be a slug and the folder must stay inside the wheelhouse (a board reporting
+    machine "../../x" would otherwise put wheels, later pushed to every board of a kind, anywhere)."""
+    for name, value in (("machine", rt.machine), ("libc", rt.libc), ("version", rt.version)):
+        check_slug(value, f"{display}: the target's Python reports {name}",
+                   "the target's Python printed something no real interpreter reports; check the python: of the target")
+    key = check_slug(rt.key, f"{display}: wheelhouse key")
+    return inside(wheelhouse_dir(), key, "wheelhouse key")
+
+
 def toolchain_llama_version() -> str:
     """The runner templates are written against the llama-cpp-python this toolchain runs."""
     return metadata.version(DIST)
@@ -135,8 +147,13 @@ def inspect_python(transport: Transport, python: str) -> Runtime | None:
     res = transport.run([python, "-c", _RUNTIME], timeout=60, check=False)
     try:
         d = json.loads(res.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
+    except (ValueError, IndexError, RecursionError):
         return None
+    if not isinstance(d, dict) or not all(isinstance(d.get(k), str) for k in ("python", "version", "machine", "libc")):
+        return None  # not what _RUNTIME prints
+    flags = d.get("flags")
+    d["flags"] = [f for f in flags if isinstance(f, str)] if isinstance(flags, list) else []
+    d["llama_cpp"] = d.get("llama_cpp") if isinstance(d.get("llama_cpp"), str) else None
     return Runtime(python=str(d["python"]), version=str(d["version"]), machine=str(d["machine"]), libc=str(d["libc"]),
                    flags=tuple(d.get("flags") or ()), pip=bool(d.get("pip")), venv=bool(d.get("venv")),
                    llama_cpp=d.get("llama_cpp"), server=bool(d.get("server")))
@@ -180,7 +197,7 @@ class Provisioner:
                  f"installing llama-cpp-python {self.version} for {rt.key}")
         venv_python = self._make_venv(rt)
         extras = "[server]" if server else ""
-        wheels = wheelhouse_dir() / rt.key
+        wheels = wheels_for(rt, self.transport.display)
         source = "wheelhouse"
         if not self._has_llama_wheel(wheels):
             source = self._fill_wheelhouse(rt, wheels, venv_python, extras)
@@ -247,8 +264,8 @@ class Provisioner:
         names = self.transport.run(["sh", "-c", 'cd "$1/wheels" && ls -1 *.whl', "sh", build], timeout=60).stdout.split()
         wheels.mkdir(parents=True, exist_ok=True)
         for name in names:
-            if "/" not in name:
-                self.transport.get(f"{build}/wheels/{name}", wheels / name)
+            if name.endswith(".whl") and "/" not in name and not name.startswith("."):  # a file name from the board: never a path
+                self.transport.get(f"{build}/wheels/{name}", inside(wheels, name, "wheel from the board"))
         self.log(f"  pulled {len(names)} wheels back into {wheels}")
 
     # --- the target ---

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.core.errors import BadInputError, EdgeDeployError, TargetError
+from toolchain.core.identifiers import check_release_id, inside_posix, is_identifier, shown
 from toolchain.core.nouns import Bundle, Release, TargetSpec
 from toolchain.core.units import fmt_bytes
 from toolchain.transports.base import ProgressFn, Transport
@@ -92,7 +93,15 @@ class Shipper:
     # --- the model store ---
 
     def model_path(self, sha256: str) -> str:
+        if not (len(sha256) == 64 and all(c in "0123456789abcdef" for c in sha256)):
+            raise BadInputError(f"model sha256 {shown(sha256)} is not 64 hexadecimal digits", "the store is content-addressed by sha256")
         return f"{self.root}/models/{sha256}.gguf"
+
+    def release_path(self, release_id: str) -> str:
+        """releases/<id> under the deploy root: the id must be an identifier (check_release_id) and
+        the path must stay inside the root."""
+        rid = check_release_id(release_id, "release id")
+        return inside_posix(self.root, f"releases/{rid}", "release path")
 
     def upload_model(self, local: Path, sha256: str, progress: ProgressFn | None = None) -> tuple[str, int, bool]:
         """Ensure models/<sha>.gguf exists and is verified; returns (path, bytes sent, was present)."""
@@ -155,7 +164,8 @@ class Shipper:
     # --- releases ---
 
     def install_release(self, bundle: Bundle) -> Release:
-        final = f"{self.root}/releases/{bundle.release_id}"
+        final = self.release_path(bundle.release_id)
+        model_path = self.model_path(bundle.model_sha256)  # checks the sha before it becomes a link
         staging = final + ".partial"
         self.sh('rm -rf "$1" && mkdir -p "$1"', staging)
         for name in [f.path for f in bundle.files if f.path != bundle.model_file] + ["manifest.json"]:
@@ -164,7 +174,7 @@ class Shipper:
         self.sh('cd "$1" && chmod 755 run.sh && ln -sf "$2" model.gguf && cd .. && rm -rf "$3" && mv "$1" "$3"',
                 staging, model_rel, final)
         return Release(
-            id=bundle.release_id, deploy_root=self.root, path=final, model_path=self.model_path(bundle.model_sha256),
+            id=bundle.release_id, deploy_root=self.root, path=final, model_path=model_path,
             model_sha256=bundle.model_sha256, model_bytes_sent=0, model_already_present=False, previous=self.current(),
         )
 
@@ -173,11 +183,14 @@ class Shipper:
         return posixpath.basename(out) if out else None
 
     def activate(self, release_id: str) -> None:
+        self.release_path(release_id)  # refuses an id that is not one
         self.sh(_ATOMIC_LINK, self.root, f"releases/{release_id}", self.python)
 
     def manifest(self, release_id: str) -> dict[str, object]:
         """A release's manifest.json ({} when unreadable); a file on the target that anything could
         have edited, so its values are object: the reader checks each one (deploy/status.py)."""
+        if not is_identifier(release_id, "release id"):
+            return {}
         text = self.sh('cat "$1/releases/$2/manifest.json" 2>/dev/null || true', self.root, release_id)
         try:
             doc = json.loads(text) if text.strip() else {}
@@ -200,7 +213,7 @@ class Shipper:
         history = self.history()
         existing = set(self.releases())
         for rid in reversed(history):
-            if rid != current and rid in existing:
+            if rid != current and rid in existing and is_identifier(rid, "release id"):
                 self.activate(rid)
                 return rid
         raise TargetError(f"{self.transport.display}: no earlier release to roll back to", "ship a release first")
@@ -208,7 +221,7 @@ class Shipper:
     def prune(self, keep: int = KEEP_RELEASES) -> list[str]:
         """Delete all but the newest `keep` releases (never the current one) and unreferenced models."""
         current = self.current()
-        rels = self.releases()
+        rels = [r for r in self.releases() if is_identifier(r, "release id")]  # what edgedeploy did not name is not its to delete
         doomed = [r for r in rels[:-keep] if r != current] if keep > 0 else [r for r in rels if r != current]
         for rid in doomed:
             self.sh('rm -rf "$1/releases/$2"', self.root, rid)

@@ -14,6 +14,7 @@ from typing import Any
 
 from toolchain.core.config import field, load_yaml
 from toolchain.core.errors import BadInputError
+from toolchain.core.identifiers import check_slug
 from toolchain.core.nouns import Budget, TargetSpec
 from toolchain.core.units import parse_duration_ms
 from toolchain.fleet.durations import fmt_duration, parse_duration_s
@@ -136,6 +137,8 @@ def load_lab(path: Path) -> Lab:
     boards_raw = _mapping(data, "boards", where)
     if not boards_raw:
         raise BadInputError(f"{where}: no boards", "add a 'boards:' mapping of board name -> target")
+    for name in boards_raw:  # a board's name becomes a folder of the run directory (boards/<name>/pipeline.log)
+        check_slug(str(name), f"{where}: boards key", "name boards with letters, digits, '.', '_', '+' and '-', e.g. pi5-a")
     boards = tuple(_board(str(name), entry, where, base_dir, defaults, labels, job) for name, entry in boards_raw.items())
     retries = _mapping(data, "retries", where)
     _no_unknown(retries, {"attempts", "backoff", "max_backoff"}, where, "retries.")

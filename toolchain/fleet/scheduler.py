@@ -26,6 +26,7 @@ from typing import IO
 
 from toolchain.core.errors import EXIT_OK, EXIT_TARGET, EdgeDeployError, FailureClass, InternalError, TargetError
 from toolchain.core.events import Events, LineEvents
+from toolchain.core.identifiers import inside, slug
 from toolchain.core.nouns import Check, TargetSpec, Verdict
 from toolchain.core.serde import to_json_dict
 from toolchain.deploy import pipeline
@@ -228,7 +229,7 @@ class LabRunner:
                     continue
                 job.state, job.t0 = "running", self.clock()
                 job.stage_t0 = job.t0
-            log = self.run_dir / "boards" / job.board.name / "pipeline.log"
+            log = inside(self.run_dir / "boards", slug(job.board.name)) / "pipeline.log"  # names are slugs (inventory.py): unchanged
             log.parent.mkdir(parents=True, exist_ok=True)
             with log.open("a") as out:  # one file across retries
                 try:

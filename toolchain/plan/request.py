@@ -9,11 +9,12 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 from toolchain.core.config import field as config_field
 from toolchain.core.config import load_yaml
 from toolchain.core.errors import BadInputError
-from toolchain.core.nouns import Budget, HostFacts, Plan
+from toolchain.core.nouns import Budget, HostFacts, Plan, Prediction
 from toolchain.core.paths import profiles_dir
 from toolchain.core.serde import from_dict
 from toolchain.core.units import parse_budget, parse_duration_ms, parse_rate, parse_size
@@ -110,10 +111,115 @@ def plan_for(facts: HostFacts | None, req: PlanRequest, *, target_kind: str = "l
 
 
 def load_plan(req: PlanRequest) -> Plan:
-    """A saved `plan --json` document; --budget, when given, replaces the plan's budget."""
+    """A saved `plan --json` document, checked against its schema (a plan file is an artifact anyone
+    who can open a pull request may have written): types, finite numbers in range, identifiers for
+    the model and the quant. --budget, when given, replaces the plan's budget."""
     assert req.plan_file is not None
-    try:
-        plan = from_dict(Plan, json.loads(req.plan_file.read_text()))
-    except (OSError, ValueError, TypeError) as exc:
-        raise BadInputError(f"{req.plan_file}: not a plan JSON document ({exc})", "write one with: edgedeploy plan ... --json > plan.json") from exc
+    plan = _load_document(Plan, req.plan_file, "plan", "write one with: edgedeploy plan ... --json > plan.json")
+    _check_plan(plan, str(req.plan_file))
     return replace(plan, budget=req.budget) if req.budget_given else plan
+
+
+def load_facts(path: Path) -> HostFacts:
+    """A saved `probe --json` document, checked as load_plan checks a plan at the fields the planner reads."""
+    facts = _load_document(HostFacts, path, "probe", "write one with: edgedeploy probe TARGET --json > facts.json")
+    _check_facts(facts, str(path))
+    return facts
+
+
+_T = TypeVar("_T")
+
+
+def _load_document(cls: type[_T], path: Path, kind: str, hint: str) -> _T:
+    from toolchain.core.serde import SchemaError
+
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8
+        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:200]
+        raise BadInputError(f"{path}: not a {kind} JSON document ({why})", hint) from exc
+    try:
+        return from_dict(cls, doc, strict=True, where="")
+    except SchemaError as exc:
+        where = exc.where or "the document"
+        raise BadInputError(f"{path}: {where}: {exc.problem}", f"not a {kind} JSON document as edgedeploy writes it; {hint}") from exc
+    except RecursionError as exc:
+        raise BadInputError(f"{path}: not a {kind} JSON document (nested too deeply)", hint) from exc
+
+
+def _check(ok: bool, where: str, field_name: str, value: object, rule: str) -> None:
+    if not ok:
+        from toolchain.core.identifiers import shown
+
+        raise BadInputError(f"{where}: {field_name} is {shown(value)}: {rule}",
+                            "the document was edited or damaged; write it again with edgedeploy")
+
+
+def _check_prediction(p: Prediction, where: str, at: str) -> None:
+    _check(p.decode_tokens_per_s > 0, where, f"{at}.decode_tokens_per_s", p.decode_tokens_per_s, "should be above 0")
+    _check(p.decode_ms_per_token > 0, where, f"{at}.decode_ms_per_token", p.decode_ms_per_token, "should be above 0")
+    for name in ("prefill_tokens_per_s", "efficiency", "per_token_overhead_s", "peak_memory_bytes", "weights_bytes", "kv_bytes",
+                 "compute_bytes", "overhead_bytes", "bytes_per_token", "streamed_bytes_per_token", "bench_rss_bytes", "repack_bytes"):
+        value = getattr(p, name)
+        _check(value >= 0, where, f"{at}.{name}", value, "should be 0 or more")
+    for t, n in p.bytes_by_type.items():
+        _check(n >= 0, where, f"{at}.bytes_by_type[{t!r}]", n, "should be 0 or more")
+
+
+def _check_plan(plan: Plan, where: str) -> None:
+    from toolchain.core.identifiers import check_model_id, check_quant
+
+    sel = plan.selected
+    if sel is not None:
+        check_model_id(sel.model, f"{where}: selected.model")
+        check_quant(sel.quant, f"{where}: selected.quant")
+        check_quant(sel.kv_type, f"{where}: selected.kv_type")
+        _check(sel.ctx >= 16, where, "selected.ctx", sel.ctx, "should be 16 or more")
+        _check(sel.threads >= 1, where, "selected.threads", sel.threads, "should be 1 or more")
+        _check(sel.mode in ("resident", "stream"), where, "selected.mode", sel.mode, "should be resident or stream")
+        for name in ("params", "file_bytes"):
+            _check(getattr(sel, name) >= 0, where, f"selected.{name}", getattr(sel, name), "should be 0 or more")
+        _check(sel.gguf_path is None or (sel.gguf_path != "" and "\0" not in sel.gguf_path), where, "selected.gguf_path",
+               sel.gguf_path, "should be a file path")
+        _check_prediction(sel.predicted, where, "selected.predicted")
+    for i, c in enumerate(plan.candidates):
+        check_model_id(c.model, f"{where}: candidates[{i}].model")
+        check_quant(c.quant, f"{where}: candidates[{i}].quant")
+        for name in ("params", "file_bytes", "ctx"):
+            _check(getattr(c, name) >= 0, where, f"candidates[{i}].{name}", getattr(c, name), "should be 0 or more")
+        if c.predicted is not None:
+            _check_prediction(c.predicted, where, f"candidates[{i}].predicted")
+    b = plan.basis
+    _check(b.usable_memory_bytes >= 0, where, "basis.usable_memory_bytes", b.usable_memory_bytes, "should be 0 or more")
+    _check(b.bandwidth_bytes_per_s > 0, where, "basis.bandwidth_bytes_per_s", b.bandwidth_bytes_per_s, "should be above 0")
+    _check(b.efficiency > 0, where, "basis.efficiency", b.efficiency, "should be above 0")
+    for name in ("per_token_overhead_s", "compute_flops_per_s"):
+        _check(getattr(b, name) >= 0, where, f"basis.{name}", getattr(b, name), "should be 0 or more")
+    _check(b.storage_read_bytes_per_s is None or b.storage_read_bytes_per_s > 0, where, "basis.storage_read_bytes_per_s",
+           b.storage_read_bytes_per_s, "should be above 0 (or null)")
+    _check(plan.budget.decode_ms_per_token > 0, where, "budget.decode_ms_per_token", plan.budget.decode_ms_per_token, "should be above 0")
+    _check(plan.budget.ttft_ms is None or plan.budget.ttft_ms > 0, where, "budget.ttft_ms", plan.budget.ttft_ms, "should be above 0 (or null)")
+
+
+def _check_facts(facts: HostFacts, where: str) -> None:
+    m, cpu = facts.memory, facts.cpu
+    for name in ("total_bytes", "available_bytes", "usable_bytes", "reserve_bytes", "swap_total_bytes", "zram_bytes", "swap_free_bytes"):
+        _check(getattr(m, name) >= 0, where, f"memory.{name}", getattr(m, name), "should be 0 or more")
+    for name in ("cgroup_limit_bytes", "cgroup_usage_bytes", "lmk_minfree_bytes"):
+        value = getattr(m, name)
+        _check(value is None or value >= 0, where, f"memory.{name}", value, "should be 0 or more (or null)")
+    _check(cpu.cores >= 1, where, "cpu.cores", cpu.cores, "should be 1 or more")
+    _check(cpu.recommended_threads >= 1, where, "cpu.recommended_threads", cpu.recommended_threads, "should be 1 or more")
+    for i, c in enumerate(cpu.clusters):
+        _check(c.cores >= 0, where, f"cpu.clusters[{i}].cores", c.cores, "should be 0 or more")
+        _check(c.max_mhz is None or c.max_mhz >= 0, where, f"cpu.clusters[{i}].max_mhz", c.max_mhz, "should be 0 or more (or null)")
+    for at, value in (("bandwidth.read_bytes_per_s", facts.bandwidth.read_bytes_per_s),
+                      ("bandwidth.read_1t_bytes_per_s", facts.bandwidth.read_1t_bytes_per_s),
+                      ("storage.read_bytes_per_s", facts.storage.read_bytes_per_s),
+                      ("storage.free_bytes", facts.storage.free_bytes)):
+        _check(value is None or value >= 0, where, at, value, "should be 0 or more (or null)")
+    _check(facts.bandwidth.threads is None or facts.bandwidth.threads >= 1, where, "bandwidth.threads", facts.bandwidth.threads,
+           "should be 1 or more (or null)")
+    for i, a in enumerate(facts.accelerators):
+        _check(a.memory_bytes is None or a.memory_bytes >= 0, where, f"accelerators[{i}].memory_bytes", a.memory_bytes,
+               "should be 0 or more (or null)")
