@@ -23,6 +23,7 @@ from toolchain.deploy.dry_load import DryLoadReport
 from toolchain.deploy.releases import Shipper
 from toolchain.deploy.serve import ServeOptions, Server, ServeResult, ServeState
 from toolchain.models.gguf_reader import sha256_file
+from toolchain.plan import calibration
 from toolchain.plan.request import PlanRequest
 from toolchain.transports.base import Transport
 from toolchain.verdict.report import (
@@ -33,10 +34,10 @@ from toolchain.verdict.report import (
     ServeFailed,
     ShipFailed,
     VerdictFailed,
-    failed_run_verdict,
     new_run_dir,
     write_reports,
 )
+from toolchain.verdict.validate import failed_run_verdict
 
 
 @dataclass(frozen=True)
@@ -207,7 +208,7 @@ def _deploy(transport: Transport, req: DeployRequest, events: Events, run: _Run)
     verdict = validate(tel, sel, plan.budget, usable_memory_bytes=facts.memory.usable_bytes, shipped_sha256=sha,
                        strict_prediction=req.strict_prediction)
     run.verdict = verdict
-    _record_measurement(facts, plan, tel)
+    calibration.record_run(facts, plan, tel)  # every shipped run is a measurement of the device
     if verdict.passed or req.force:
         shipper.activate(release.id)
         shipper.prune()
@@ -270,13 +271,6 @@ def _dry_load(transport: Transport, python: str, gguf: Path, sel: Selected, root
         run.verdict = Verdict(passed=False, checks=[Check("dry load fits", False, need, usable)])
         raise NothingFitsError(f"dry load: llama.cpp's allocator needs {need / 2**30:.2f} GiB, {usable / 2**30:.2f} GiB usable",
                                "lower --ctx, or plan again with a smaller model (--model/--quant)")
-
-
-def _record_measurement(facts: HostFacts, plan: Plan, tel: Telemetry) -> None:
-    """Every shipped run is a measurement of the device: the next plan for it is fitted to it."""
-    from toolchain.plan import calibration
-
-    calibration.record_run(facts, plan, tel)
 
 
 def cached_sha256(path: Path) -> str:

@@ -7,9 +7,8 @@ with. Parsing is pure: `parse_events` and `telemetry_from_events` take text and 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import cast, get_type_hints
+from typing import cast
 
 from toolchain.core.errors import EdgeDeployError, TargetError
 from toolchain.core.nouns import Telemetry
@@ -73,23 +72,9 @@ def telemetry_from_events(events: list[Event]) -> Telemetry | None:
         return None
     data: dict[str, object] = {k: v for k, v in result.items() if k not in ("event", "time")}
     data["extra"] = {k: data.pop(k) for k in list(data) if k not in Telemetry.__dataclass_fields__}
-    _check_result(data)
+    # What a board sends is data from outside: the strict schema (finite numbers, text where text belongs) checks it.
     try:
-        return from_dict(Telemetry, data)
+        return from_dict(Telemetry, data, strict=True, where="")
     except ValueError as exc:
-        raise TargetError(f"the runner's result is not valid telemetry: {exc}", "see runner.log.tail in the run directory") from exc
-
-
-def _check_result(data: dict[str, object]) -> None:
-    """What a board sends is data from outside: numbers must be finite numbers, text text."""
-    hints = get_type_hints(Telemetry)
-    for name, value in data.items():
-        want = hints.get(name)
-        if want is None or name == "extra" or value is None:
-            continue
-        numeric = want in (int, float) or want in (int | None, float | None)
-        if numeric and (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)):
-            raise TargetError(f"the runner's result has {name}={value!r}, not a finite number",
-                              "the board's runner or llama-cpp-python misbehaved; see runner.log.tail in the run directory")
-        if want is str and not isinstance(value, str):
-            raise TargetError(f"the runner's result has {name}={value!r}, not text", "see runner.log.tail in the run directory")
+        raise TargetError(f"the runner's result is not valid telemetry: {exc}",
+                          "the board's runner or llama-cpp-python misbehaved; see runner.log.tail in the run directory") from exc

@@ -15,7 +15,7 @@ from typing import Any
 
 from toolchain import __version__
 from toolchain.core.errors import EdgeDeployError, FailureClass, TargetError, ValidationFailed
-from toolchain.core.nouns import Check, Plan, Release, Telemetry, Verdict
+from toolchain.core.nouns import Plan, Release, Telemetry, Verdict
 from toolchain.core.paths import runs_dir
 from toolchain.core.serde import to_json_dict
 from toolchain.core.units import fmt_bytes
@@ -124,10 +124,6 @@ class ShipFailed(EdgeDeployError):
         self.report = report
         self.exit_code = cause.exit_code
         self.failure_class = cause.failure_class
-
-
-def failed_run_verdict(reason: str) -> Verdict:
-    return Verdict(passed=False, checks=[Check("runner completed", False, reason, "exit 0 with a result")])
 
 
 def new_run_dir(target: str, base: Path | None = None) -> Path:
