@@ -306,9 +306,10 @@ class LabRunner:
                         request = DeployRequest(target=spec, plan=board.request, deploy_dir=root, quick_probe=board.quick_probe,
                                                 strict_prediction=board.strict_prediction)
                         report = self.deploy_fn(transport, request, events, run_dir)
-                if lock.lost:
-                    raise TargetError(f"{board.name}: lost the board lock while working (it expired and another job took it over)",
-                                      "the link to the board stalled longer than lock.ttl; raise lock.ttl in the lab file")
+                if lock.lost:  # the run itself finished: keep its report beside the infrastructure failure
+                    lost = TargetError(f"{board.name}: lost the board lock while working (it expired and another job took it over)",
+                                       "the link to the board stalled longer than lock.ttl; raise lock.ttl in the lab file")
+                    return _Attempt.of(lost, report)
             return _Attempt(EXIT_OK, None, report=report)
         except LockError as exc:  # the board answered; its lock is the problem
             job.outcome.reached = True
