@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,22 @@ def test_ship_local_measures_on_the_device_and_reports(cli_env: dict[str, str], 
     for name in ("report.json", "report.md", "junit.xml", "telemetry.jsonl", "plan.json", "facts.json"):
         assert (run_dir / name).is_file(), name
     assert "PASSED" in (run_dir / "report.md").read_text()
+    # validate re-checks the measured run: against its own budget it passes, against 0.5 ms it fails (exit 5)
+    assert edgedeploy(cli_env, "validate", str(run_dir)).returncode == 0
+    assert edgedeploy(cli_env, "validate", str(run_dir), "--budget", "0.5ms").returncode == 5
+    # ... and an edited report is refused on one line naming the field (exit 2), never a traceback
+    edited = tmp_path / "edited-run"
+    shutil.copytree(run_dir, edited)
+    bad = json.loads((edited / "report.json").read_text())
+    bad["plan"]["selected"]["predicted"]["decode_tokens_per_s"] = "fast"
+    (edited / "report.json").write_text(json.dumps(bad))
+    res = edgedeploy(cli_env, "validate", str(edited))
+    assert res.returncode == 2 and "selected.predicted.decode_tokens_per_s" in res.stderr and "Traceback" not in res.stderr
+    (edited / "facts.json").write_text("[]")
+    bad["plan"] = doc["plan"]
+    (edited / "report.json").write_text(json.dumps(bad))
+    res = edgedeploy(cli_env, "validate", str(edited))
+    assert res.returncode == 2 and "facts.json" in res.stderr and "Traceback" not in res.stderr
     current = deploy / "current"
     assert os.readlink(current) == f"releases/{rel['id']}"
     manifest = json.loads((current / "manifest.json").read_text())

@@ -24,7 +24,8 @@ from toolchain.deploy.pipeline import DeployRequest
 from toolchain.fleet.inventory import load_lab
 from toolchain.fleet.job import run_lab
 from toolchain.fleet.scheduler import DeployFn
-from toolchain.store.history import BoardRecord, History, RunRecord
+from toolchain.store.history import History
+from toolchain.store.records import BoardRecord, RunRecord
 from toolchain.transports.base import Transport
 from toolchain.verdict.report import Report, ShipFailed, VerdictFailed
 

@@ -18,7 +18,8 @@ import pytest
 
 from toolchain.fleet.inventory import load_lab
 from toolchain.fleet.job import run_lab
-from toolchain.store.history import BoardRecord, DeviceMeasurement, History, RunRecord
+from toolchain.store.history import History
+from toolchain.store.records import BoardRecord, DeviceMeasurement, RunRecord
 from toolchain.store.schema import HEAD_REVISION
 
 SETUP_HINT = "run scripts/setup.sh --test (it installs postgresql), or: apt-get install -y postgresql"

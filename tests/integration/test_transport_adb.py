@@ -99,6 +99,13 @@ def test_timeout_raises(adb_device: RunningDevice) -> None:
         assert t.run(["echo", "still usable"]).stdout == "still usable\n"
 
 
+def test_endless_output_is_refused(adb_device: RunningDevice) -> None:
+    with connect(adb_device.serial, adb_device.server_port) as t:
+        with pytest.raises(TargetError, match="printed more than 16 MiB"):
+            t.run(["sh", "-c", "exec yes edgedeploy"], timeout=120)
+        assert t.run(["echo", "still usable"]).stdout == "still usable\n"
+
+
 def test_probe_commands_see_the_phone(adb_device: RunningDevice) -> None:
     board = adb_device.board
     phone_total = re.search(r"^MemTotal:.*$", (board / "root/proc/meminfo").read_text(), re.MULTILINE)

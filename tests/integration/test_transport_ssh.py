@@ -129,6 +129,23 @@ def test_command_timeout_kills_remote_process(board: SshBoard, tmp_path: Path) -
         assert t.run(["echo", "still usable"]).stdout == "still usable\n"
 
 
+def test_endless_output_is_refused_not_hoarded(board: SshBoard, tmp_path: Path) -> None:
+    """A board that prints without end is stopped past MAX_OUTPUT_BYTES, well before the timeout."""
+    with alias_transport(board) as t:
+        start = time.monotonic()
+        with pytest.raises(TargetError, match="printed more than 16 MiB"):
+            t.run(["sh", "-c", "exec yes edgedeploy"], timeout=120)
+        assert time.monotonic() - start < 60
+        assert t.run(["echo", "still usable"]).stdout == "still usable\n"
+        big = t.home() + "/big.jsonl"
+        t.run(["sh", "-c", 'head -c 300000 /dev/zero > "$1"', "sh", big])
+        with pytest.raises(TargetError, match="more than the 100000 expected"):
+            t.get(big, tmp_path / "big.jsonl", max_bytes=100_000)
+        assert not (tmp_path / "big.jsonl").exists()
+        t.get(big, tmp_path / "big.jsonl", max_bytes=300_000)
+        assert (tmp_path / "big.jsonl").stat().st_size == 300_000
+
+
 def test_command_killed_by_signal(board: SshBoard) -> None:
     with alias_transport(board) as t:
         r = t.run_shell("echo before; kill -9 $$", check=False)

@@ -422,3 +422,83 @@ def test_a_board_that_prints_nonsense_for_its_python_is_not_a_python(tmp_path: P
         script.write_text(f"#!/bin/sh\ncat <<'EOF'\n{printed}\nEOF\n")
         script.chmod(0o755)
         assert inspect_python(LocalTransport(), str(script)) is None
+
+
+def test_ship_refuses_a_plan_whose_model_file_is_a_fifo(tmp_path: Path, cli_env: dict[str, str]) -> None:
+    """A plan may name any host path: a FIFO (or a device) would block the reader forever."""
+    fifo = tmp_path / "model.gguf"
+    os.mkfifo(fifo)
+    doc = _set(_plan_doc(), "selected.gguf_path", str(fifo))
+    plan = _write(tmp_path / "plan.json", doc)
+    res = _cli("ship", "--target", "local", "--plan", str(plan), "--deploy-dir", str(tmp_path / "deploy"), cwd=tmp_path, env=cli_env)
+    assert res.returncode == EXIT_BAD_INPUT, res.stderr
+    assert "is not a regular file" in res.stderr and "Traceback" not in res.stderr + res.stdout
+
+
+def test_a_damaged_plan_fails_at_the_plan_stage_before_the_probe(tmp_path: Path, cli_env: dict[str, str],
+                                                                 edgedeploy_home: Path) -> None:
+    from toolchain.core.paths import runs_dir
+
+    doc = _set(_plan_doc(), "selected.predicted.decode_tokens_per_s", "fast")
+    plan = _write(tmp_path / "plan.json", doc)
+    res = _cli("ship", "--target", "local", "--plan", str(plan), "--deploy-dir", str(tmp_path / "deploy"), cwd=tmp_path, env=cli_env)
+    assert res.returncode == EXIT_BAD_INPUT, res.stderr
+    [report] = list(runs_dir().rglob("report.json"))
+    doc = json.loads(report.read_text())
+    assert doc["failed_stage"] == "plan" and not (report.parent / "facts.json").exists()
+
+
+# --- catalog entries (profiles/models) --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("n_layer: 30", "n_layer: 1000000000", r"arch out of range: n_layer 1000000000"),
+    ("n_layer: 30", "n_layer: 0", r"arch out of range: n_layer 0"),
+    ("n_head: 9", "n_head: 0", r"head_count 0"),
+    ("n_head: 9", "n_head: [9, x]", r"'n_head' should list 30 integers"),
+    ("head_dim: 64", "head_dim: -64", r"head_dim -64"),
+    ("context_length: 8192", "context_length: 0", r"context_length 0"),
+    ("params: 134515008", "params: 0", r"'params' should be above 0"),
+    ("id: smollm2-135m-instruct", "id: \"x; rm -rf ~\"", r"id is .x; rm -rf ~.: not a valid model id"),
+])
+def test_hostile_catalog_entries_are_refused(tmp_path: Path, old: str, new: str, message: str) -> None:
+    from toolchain.core.paths import profiles_dir
+    from toolchain.models.catalog import load_catalog
+
+    text = (profiles_dir() / "models" / "smollm2-135m-instruct.yaml").read_text()
+    assert old in text
+    (tmp_path / "smollm2-135m-instruct.yaml").write_text(text.replace(old, new, 1))
+    with pytest.raises(BadInputError, match=message):
+        load_catalog(tmp_path)
+
+
+def test_a_catalog_file_size_must_be_positive(tmp_path: Path) -> None:
+    from toolchain.core.paths import profiles_dir
+    from toolchain.models.catalog import load_catalog
+
+    text = (profiles_dir() / "models" / "smollm2-135m-instruct.yaml").read_text()
+    (tmp_path / "smollm2-135m-instruct.yaml").write_text(text.replace("file_bytes: null", "file_bytes: -5", 1))
+    with pytest.raises(BadInputError, match=r"quants\.F16: file_bytes -5 should be above 0"):
+        load_catalog(tmp_path)
+
+
+# --- serve state (<deploy root>/serve/serve.json, written on the board) -----------------------
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b'{"manager": "supervisor", "port": "eighty", "release": "r1"}', {"manager": "supervisor", "release": "r1"}),
+    (b'{"manager": "supervisor", "port": 99999}', {"manager": "supervisor"}),
+    (b'{"manager": "supervisor", "port": 8080}', {"manager": "supervisor", "port": 8080}),
+    (b'[1, 2]', {}),
+    (b'{"port": 80' + b'[' * 20_000, {}),
+    (b'\xff\xfe not json', {}),
+    (b'', {}),
+])
+def test_serve_state_keeps_only_what_has_its_type(tmp_path: Path, content: bytes, expected: dict[str, object]) -> None:
+    from toolchain.deploy.serve import Server
+    from toolchain.transports.local import LocalTransport
+
+    (tmp_path / "serve").mkdir()
+    (tmp_path / "serve" / "serve.json").write_bytes(content)
+    with LocalTransport() as t:
+        assert dict(Server(t, str(tmp_path), sys.executable).state()) == expected

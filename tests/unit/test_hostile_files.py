@@ -340,3 +340,57 @@ def test_random_bytes_as_yaml_are_loaded_or_refused(fuzz_dir: Path, raw: bytes) 
         assert isinstance(load_yaml(path), dict)
     except BadInputError as exc:
         assert str(exc).startswith(f"{path}: ")
+
+
+# --- what a target prints ------------------------------------------------------------------------
+
+
+def test_a_command_that_prints_without_end_is_stopped(tmp_path: Path) -> None:
+    """The local transport (the same reader as adb's) stops a command past MAX_OUTPUT_BYTES: one
+    line, the target error's exit code, the process group killed; stdin still reaches the command."""
+    from toolchain.core.errors import EXIT_TARGET, TargetError
+    from toolchain.transports.local import LocalTransport
+
+    pidfile = tmp_path / "pid"
+    with LocalTransport() as t:
+        start = time.monotonic()
+        with pytest.raises(TargetError, match="printed more than 16 MiB") as info:
+            t.run(["sh", "-c", f'echo $$ > {pidfile}; yes edgedeploy & yes edgedeploy >&2; wait'], timeout=120)
+        assert info.value.exit_code == EXIT_TARGET and "\n" not in info.value.message
+        assert time.monotonic() - start < 30
+        pid = int(pidfile.read_text())
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid), "the printing command survived"
+        data = b"x" * (1 << 20)  # more than a pipe buffer: written while output is read
+        assert t.run(["wc", "-c"], stdin=data).stdout.strip() == str(len(data))
+        big = tmp_path / "runaway.jsonl"
+        big.write_bytes(b"{}\n" * 100_000)
+        with pytest.raises(TargetError, match="more than the 1000 expected"):
+            t.get(str(big), tmp_path / "copy.jsonl", max_bytes=1000)
+        assert not (tmp_path / "copy.jsonl").exists()
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_a_plan_for_a_board_loads_neither_the_database_nor_numpy() -> None:
+    """Nothing measured yet: a plan must not pay for SQLAlchemy (~0.3 s) or numpy (~0.2 s) (the 3x
+    start-up goal of bench/plan_speed.py rests on it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom toolchain.plan.request import build_plan_request, plan_for\n"
+            "p = plan_for(None, build_plan_request(budget='120ms', board='rpi5-8gb'))\n"
+            "assert p.selected is not None\n"
+            "print(sorted(m for m in ('sqlalchemy', 'numpy') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert out.strip() == "[]"

@@ -13,7 +13,7 @@ from toolchain.fleet.classify import FailureClass, classify_exit, lab_exit_code,
 from toolchain.fleet.inventory import RetryPolicy, load_lab
 from toolchain.fleet.regression import check_regression
 from toolchain.fleet.trends import board_trends, parse_since, trends_markdown
-from toolchain.store.history import BoardRecord
+from toolchain.store.records import BoardRecord
 
 
 def write(tmp_path: Path, text: str) -> Path:

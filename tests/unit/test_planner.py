@@ -136,3 +136,16 @@ def test_prediction_carries_its_basis(quant: str) -> None:
     assert pred.kernel_family in ("Q4_K", "Q5_0", "Q8_0", "Q6_K")
     assert pred.weights_bytes + pred.kv_bytes + pred.compute_bytes + pred.overhead_bytes <= pred.peak_memory_bytes
     assert pred.bench_rss_bytes < pred.peak_memory_bytes
+
+
+def test_the_plan_table_shows_each_models_best_quant_else_its_nearest() -> None:
+    from toolchain.cli.render_plan import per_model
+    from toolchain.core.nouns import Candidate
+
+    def cand(model: str, quant: str, size: int, fits: bool, mode: str = "resident") -> Candidate:
+        return Candidate(model=model, quant=quant, fits=fits, reasons=[] if fits else ["too big"], predicted=None,
+                         params=1, file_bytes=size, mode=mode)
+
+    rows = per_model([cand("a", "Q8_0", 8, False), cand("a", "Q6_K", 6, True), cand("a", "Q4_K_M", 4, True),
+                      cand("b", "Q8_0", 80, False), cand("b", "Q2_K", 20, False), cand("b", "Q4_K_M", 40, False)])
+    assert [(c.model, c.quant) for c in rows] == [("a", "Q6_K"), ("b", "Q2_K")]

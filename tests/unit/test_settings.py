@@ -81,7 +81,7 @@ def test_paths_follow_the_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert paths.models_cache() == tmp_path / "cache" / "models"
 
     from toolchain.deploy.provision import wheelhouse_dir
-    from toolchain.store.history import default_url
+    from toolchain.store.records import default_url
 
     assert wheelhouse_dir() == tmp_path / "cache" / "wheelhouse"
     assert default_url() == f"sqlite:///{tmp_path / 'home' / 'history.sqlite'}"

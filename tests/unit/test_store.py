@@ -20,8 +20,9 @@ from toolchain.plan.basis import Overrides, build_basis, uncorrected_decode_s
 from toolchain.plan.boards import load_boards, lookup_board
 from toolchain.plan.select import Option, PlanOptions, make_plan
 from toolchain.probe.assemble import assemble_facts
-from toolchain.store import history
-from toolchain.store.history import DeviceMeasurement, History, RunRecord
+from toolchain.store import history, records
+from toolchain.store.history import History
+from toolchain.store.records import DeviceMeasurement, RunRecord
 from toolchain.store.schema import HEAD_REVISION, VERSION_TABLE
 
 T0 = datetime(2025, 6, 1, 12, tzinfo=UTC)
@@ -99,7 +100,7 @@ def test_calibration_and_lab_history_share_one_database(edgedeploy_home: Path) -
         h.add_measurements([meas(fp)])
         h.record(RunRecord("lab", "lab.yaml", T0, T0, "0.1.0", 0, True), [])
     assert calibration.load(fp) == [meas(fp)]
-    assert history.default_url() == f"sqlite:///{edgedeploy_home / 'history.sqlite'}"
+    assert records.default_url() == f"sqlite:///{edgedeploy_home / 'history.sqlite'}"
     with History() as h:
         assert len(h.runs()) == 1
 

@@ -79,14 +79,10 @@ def fail(exc: EdgeDeployError, as_json: bool, doc: Mapping[str, object] | None =
 
 
 def guarded(as_json: bool, fn: Callable[[], T]) -> T:
-    from toolchain.verdict.report import ShipFailed
-
     try:
         return fn()
-    except ShipFailed as exc:
-        fail(exc, as_json, exc.report.document())
     except EdgeDeployError as exc:
-        fail(exc, as_json)
+        fail(exc, as_json, exc.document())  # a failed ship prints its report
     except KeyboardInterrupt:
         fail(EdgeDeployError("interrupted", "nothing half-shipped was activated; ship again to resume the upload"), as_json)
     except (typer.Exit, typer.Abort):
@@ -185,12 +181,11 @@ def plan(
     efficiency: Annotated[float | None, typer.Option("--efficiency", help="Fraction of bandwidth decode reaches.")] = None,
     backend: Annotated[str, typer.Option("--backend", help="cpu, cuda, metal, vulkan or opencl.")] = "cpu",
     threads: Annotated[int | None, typer.Option("--threads", help="Decode threads (default: the big cores).")] = None,
+    every: Annotated[bool, typer.Option("--all", help="List every (model, quant) candidate, not one row per model.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Pick the largest model and quant that fits memory and the latency budget."""
     from toolchain.plan.request import plan_for
-    from toolchain.probe.reach import deploy_root, probe_target
-    from toolchain.transports.targets import resolve_target
 
     def run() -> Any:
         req = _plan_request(budget, ttft, ctx, model, quant, allow_low_bit, offline, board, ram, bandwidth,
@@ -201,7 +196,9 @@ def plan(
 
             facts = load_facts(facts_file)  # checked: types, finite numbers in range (BadInputError naming the field)
         elif target is not None:
+            from toolchain.probe.reach import deploy_root, probe_target
             from toolchain.transports.factory import connect
+            from toolchain.transports.targets import resolve_target
 
             spec = resolve_target(target)
             kind, tboard = spec.kind, spec.board
@@ -214,7 +211,7 @@ def plan(
     result = guarded(as_json, run)
     from toolchain.cli.render_plan import render_plan
 
-    emit(as_json, result, lambda: render_plan(result))
+    emit(as_json, result, lambda: render_plan(result, every))
     if result.selected is None:
         exc = NothingFitsError(f"nothing fits: {result.nearest_miss}", "raise --budget, lower --ctx, --allow-low-bit, or a board with more memory")
         ui.error(exc.message, exc.hint)
@@ -279,25 +276,35 @@ def validate_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Re-validate a run's measured telemetry against its plan and a budget."""
-    from toolchain.core.nouns import Plan, Telemetry
-    from toolchain.core.serde import from_dict
-    from toolchain.plan.request import resolve_budget
+    from toolchain.core.config import load_json
+    from toolchain.core.nouns import Telemetry
+    from toolchain.core.serde import SchemaError, from_dict
+    from toolchain.plan.request import load_facts, plan_from_document, resolve_budget
     from toolchain.verdict.validate import validate
 
     def run() -> Any:
-        try:
-            report = json.loads((run_dir / "report.json").read_text())
-        except (OSError, ValueError) as exc:
-            raise BadInputError(f"{run_dir}: no readable report.json", "pass a run directory printed by `edgedeploy ship`") from exc
+        if not (run_dir / "report.json").is_file():
+            raise BadInputError(f"{run_dir}: no report.json", "pass a run directory printed by `edgedeploy ship`")
+        where = str(run_dir / "report.json")
+        report = load_json(run_dir / "report.json", "report", "pass a run directory printed by `edgedeploy ship`")
+        if not isinstance(report, dict):
+            raise BadInputError(f"{where}: expected a JSON object", "the report was edited or damaged; ship again")
         if not report.get("telemetry") or not report.get("plan"):
             raise BadInputError(f"{run_dir}: the run has no telemetry to validate", "the runner did not finish; see its report.md")
-        p = from_dict(Plan, report["plan"])
-        assert p.selected is not None
+        p = plan_from_document(report["plan"], f"{where}: plan")
+        if p.selected is None:
+            raise BadInputError(f"{where}: the plan selected nothing, so there is nothing to validate", "ship a plan that fits")
+        release = report.get("release")
+        sha = release.get("model_sha256") if isinstance(release, dict) else None
+        if not isinstance(sha, str):
+            raise BadInputError(f"{where}: release.model_sha256 is missing", "the report was edited or damaged; ship again")
+        try:
+            tel = from_dict(Telemetry, report["telemetry"], strict=True, where="telemetry")
+        except SchemaError as exc:
+            raise BadInputError(f"{where}: {exc}", "the report was edited or damaged; ship again") from exc
+        facts = load_facts(run_dir / "facts.json")
         b = resolve_budget(budget) if budget else p.budget
-        facts = json.loads((run_dir / "facts.json").read_text())
-        return validate(from_dict(Telemetry, report["telemetry"]), p.selected, b,
-                        usable_memory_bytes=int(facts["memory"]["usable_bytes"]),
-                        shipped_sha256=report["release"]["model_sha256"], tolerance=tolerance)
+        return validate(tel, p.selected, b, usable_memory_bytes=facts.memory.usable_bytes, shipped_sha256=sha, tolerance=tolerance)
 
     verdict = guarded(as_json, run)
     from toolchain.cli.render_plan import render_checks

@@ -7,28 +7,33 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from toolchain.cli import console as ui
-from toolchain.core.nouns import Check, Plan
+from toolchain.core.nouns import Candidate, Check, Plan
 from toolchain.core.units import fmt_bytes, fmt_rate
 
 if TYPE_CHECKING:
     from toolchain.verdict.report import Report
 
 
-def render_plan(plan: Plan) -> None:
+def render_plan(plan: Plan, every: bool = False) -> None:
     b = plan.basis
     ui.err.print(f"basis: usable memory {fmt_bytes(b.usable_memory_bytes)}; bandwidth {fmt_rate(b.bandwidth_bytes_per_s)} "
                  f"({b.bandwidth_source}); efficiency {b.efficiency:.2f} ({b.efficiency_source}); budget {plan.budget.decode_ms_per_token:g} ms/token",
                  markup=False)
+    rows = plan.candidates if every else per_model(plan.candidates)
     t = Table(show_lines=False)
     for col in ("model", "quant", "size", "fits", "ms/token", "tok/s", "memory", "why not"):
         t.add_column(col)
-    for c in sorted(plan.candidates, key=lambda c: (c.params, c.file_bytes), reverse=True):
+    for c in sorted(rows, key=lambda c: (c.params, c.file_bytes), reverse=True):
         p = c.predicted
         t.add_row(c.model, c.quant + ("*" if c.file_bytes_estimated else "") + (" ✓" if c.available else ""),
                   fmt_bytes(c.file_bytes), "yes" if c.fits else "no",
                   f"{p.decode_ms_per_token:.1f}" if p else "-", f"{p.decode_tokens_per_s:.1f}" if p else "-",
                   fmt_bytes(p.peak_memory_bytes) if p else "-", "; ".join(r for r in c.reasons if not (c.fits and r.startswith("needs"))))
     ui.err.print(t)
+    if not every:
+        fitting = sum(c.fits for c in plan.candidates)
+        ui.err.print(f"one row per model: its largest quant that fits, else its smallest; {fitting} of "
+                     f"{len(plan.candidates)} candidates fit (--all lists every one)", markup=False)
     ui.err.print("* size estimated from the tensor table recipe   ✓ available offline now", markup=False)
     s = plan.selected
     if s:
@@ -37,6 +42,20 @@ def render_plan(plan: Plan) -> None:
                      f"peak {fmt_bytes(s.predicted.peak_memory_bytes)}", markup=False)
         for n in s.notes:
             ui.err.print(f"  note: {n}", markup=False)
+
+
+def per_model(candidates: list[Candidate]) -> list[Candidate]:
+    """Each model's largest fitting quant (the one the planner would take for it), else its smallest
+    (the nearest to fitting): a screen of rows where every quant of every model would be hundreds."""
+    by_model: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        by_model.setdefault(c.model, []).append(c)
+    rows = []
+    for cs in by_model.values():
+        fitting = [c for c in cs if c.fits]
+        rows.append(max(fitting, key=lambda c: (c.file_bytes, c.mode == "resident")) if fitting
+                    else min(cs, key=lambda c: c.file_bytes))
+    return rows
 
 
 def render_checks(checks: list[Check]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, overload
@@ -162,3 +163,25 @@ def field(data: Mapping[str, object], key: str, typ: type[T], where: str, *, opt
             f"fix '{key}' in that file",
         )
     return cast(T, value)  # checked just above (an int read for a float became one)
+
+
+MAX_JSON_BYTES = 64 << 20  # a plan listing every candidate is ~0.4 MB
+
+
+def load_json(path: Path, kind: str, hint: str) -> object:
+    """A JSON document edgedeploy wrote (a plan, facts, a report), read within MAX_JSON_BYTES;
+    anything unreadable is one BadInputError naming the file."""
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_JSON_BYTES + 1)
+        if len(raw) > MAX_JSON_BYTES:
+            raise BadInputError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB: not a {kind} JSON document", hint)
+        return json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8
+        if isinstance(exc, RecursionError):
+            why = "nested too deeply"
+        elif isinstance(exc, OSError):
+            why = exc.strerror or type(exc).__name__
+        else:
+            why = str(exc).splitlines()[0][:200]
+        raise BadInputError(f"{path}: not a {kind} JSON document ({why})", hint) from exc

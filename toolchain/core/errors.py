@@ -12,6 +12,7 @@ internal (a bug in edgedeploy itself: never retried, never blamed on a board).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 
@@ -40,6 +41,11 @@ class EdgeDeployError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+
+    def document(self) -> Mapping[str, object] | None:
+        """What `--json` prints for this error, when it has more to say than message and hint (a
+        failed ship: its report); None: the CLI's error document."""
+        return None
 
 
 class BadInputError(EdgeDeployError):

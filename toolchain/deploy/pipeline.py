@@ -15,7 +15,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from toolchain.core.errors import EdgeDeployError, InternalError, NothingFitsError
+from toolchain.core.errors import BadInputError, EdgeDeployError, InternalError, NothingFitsError
 from toolchain.core.events import Events
 from toolchain.core.nouns import Check, HostFacts, Plan, Release, Selected, TargetSpec, Telemetry, Verdict
 from toolchain.core.serde import to_json_dict
@@ -145,6 +145,10 @@ def _deploy(transport: Transport, req: DeployRequest, events: Events, run: _Run)
         run.stage = name
         events.stage(name)
 
+    planned = None
+    if req.plan.plan_file:  # checked before the board is touched: a damaged plan must not cost a probe and a build
+        stage("plan")
+        planned = load_plan(req.plan)
     root = deploy_root(spec, transport, req.deploy_dir)
     stage("probe")
     facts = probe_target(spec, transport, root, events, quick=req.quick_probe)
@@ -156,7 +160,7 @@ def _deploy(transport: Transport, req: DeployRequest, events: Events, run: _Run)
 
     stage("plan")
     events.step("planning")
-    plan = load_plan(req.plan) if req.plan.plan_file else plan_for(facts, req.plan, target_kind=spec.kind, target_board=spec.board)
+    plan = planned if planned is not None else plan_for(facts, req.plan, target_kind=spec.kind, target_board=spec.board)
     run.plan = plan
     (run.run_dir / "plan.json").write_text(json.dumps(to_json_dict(plan), indent=2) + "\n")
     sel = plan.selected
@@ -167,7 +171,9 @@ def _deploy(transport: Transport, req: DeployRequest, events: Events, run: _Run)
     events.log(f"  selected {sel.model} {sel.quant}: predicted {sel.predicted.decode_tokens_per_s:.1f} tok/s, "
                f"{sel.predicted.peak_memory_bytes / 2**20:.0f} MiB")
     gguf = Path(sel.gguf_path) if sel.gguf_path else obtain(load_catalog()[sel.model], sel.quant, log=events.log)
-    read_gguf(gguf)  # rejects truncated/corrupt files before anything is shipped
+    if not gguf.is_file():  # a plan may name a FIFO or a device: never read one
+        raise BadInputError(f"the plan's model file {gguf} is not a regular file", "plan again, or give --model FILE")
+    read_gguf(gguf)  # rejects truncated/corrupt files (and anything that is not a GGUF) before anything is shipped
     sha = cached_sha256(gguf)
 
     stage("dry_load")

@@ -39,6 +39,7 @@ Log = Callable[[str], None]
 DIST = "llama-cpp-python"
 BUILD_TIMEOUT_S = 4 * 3600.0  # a Pi Zero 2 takes hours
 POLL_S = 10.0
+MAX_WHEEL_BYTES = 1 << 30  # a llama-cpp-python wheel is tens of MB; a board handing back more is refused
 SUPPORTED_MIN, SUPPORTED_BELOW = (0, 3, 16), (0, 4, 0)  # as pyproject's llama-cpp-python range: the runner's C API calls
 # CPU flags that change which ggml kernels a native build uses (x86 /proc/cpuinfo flags, ARM Features).
 KERNEL_FLAGS = (
@@ -265,7 +266,7 @@ class Provisioner:
         wheels.mkdir(parents=True, exist_ok=True)
         for name in names:
             if name.endswith(".whl") and "/" not in name and not name.startswith("."):  # a file name from the board: never a path
-                self.transport.get(f"{build}/wheels/{name}", inside(wheels, name, "wheel from the board"))
+                self.transport.get(f"{build}/wheels/{name}", inside(wheels, name, "wheel from the board"), max_bytes=MAX_WHEEL_BYTES)
         self.log(f"  pulled {len(names)} wheels back into {wheels}")
 
     # --- the target ---

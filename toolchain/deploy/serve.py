@@ -143,7 +143,10 @@ class Server:
             doc = json.loads(text) if text.strip() else {}
         except ValueError:
             return {}
-        return (typed_dict_from(ServeState, doc) or {}) if isinstance(doc, dict) else {}
+        st = (typed_dict_from(ServeState, doc) or {}) if isinstance(doc, dict) else {}
+        if "port" in st and not 0 < st["port"] < 65536:
+            del st["port"]  # a port no server can hold: as if it had not been written
+        return st
 
     # --- start / stop ---
 

@@ -21,11 +21,15 @@ __all__ = ["ErrorEvent", "Event", "ResultEvent", "StartEvent", "error_event", "f
            "result_event", "start_events", "telemetry_from_events"]
 
 
+# A run writes a few kB of events; a file far larger is not the runner's and is not pulled back.
+MAX_TELEMETRY_BYTES = 16 << 20
+
+
 def fetch_events(transport: Transport, remote: str, local: Path) -> list[Event]:
     """Copy the remote JSON lines to `local` (always written) and parse them."""
     try:
-        transport.get(remote, local)
-    except (EdgeDeployError, OSError):  # no telemetry file at all: the runner died before writing
+        transport.get(remote, local, max_bytes=MAX_TELEMETRY_BYTES)
+    except (EdgeDeployError, OSError):  # no telemetry file (the runner died before writing), or a runaway one
         local.write_text("")
         return []
     return parse_events(local.read_text(errors="replace"))

@@ -23,7 +23,8 @@ from toolchain.fleet.regression import check_regression
 from toolchain.fleet.scheduler import BoardOutcome, DeployFn, LabRunner
 from toolchain.fleet.summary import publish_step_summary, render_summary
 from toolchain.plan.calibration import fingerprint
-from toolchain.store.history import BoardRecord, History, RunRecord, default_url
+from toolchain.store.history import History
+from toolchain.store.records import BoardRecord, RunRecord, default_url
 from toolchain.verdict.junit import Case, Suite, write_junit
 from toolchain.verdict.report import new_run_dir
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from toolchain.core.errors import BadInputError
 from toolchain.fleet.regression import BASELINE_RUNS
-from toolchain.store.history import BoardRecord
+from toolchain.store.records import BoardRecord
 
 
 def parse_since(text: str) -> datetime:

@@ -9,8 +9,9 @@ from typing import Any
 
 from toolchain.core.config import field, load_yaml, unknown_name
 from toolchain.core.errors import BadInputError
+from toolchain.core.identifiers import check_model_id
 from toolchain.core.paths import profiles_dir
-from toolchain.models.gguf_reader import GGUFInfo, read_gguf
+from toolchain.models.gguf_reader import MAX_LAYERS, GGUFInfo, read_gguf
 
 QUANTS = (
     "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q4_1",
@@ -96,8 +97,9 @@ def _load_entry(path: Path) -> ModelEntry:
     )
     for key in ("n_head", "n_head_kv", "n_ff"):
         value = a[key]
-        if isinstance(value, list) and len(value) != arch.n_layer:
-            raise BadInputError(f"{aw}: key '{key}' has {len(value)} entries, n_layer is {arch.n_layer}", "one per layer")
+        if isinstance(value, list) and (len(value) != arch.n_layer or not all(type(v) is int for v in value)):
+            raise BadInputError(f"{aw}: key '{key}' should list {arch.n_layer} integers (one per layer)", f"fix '{key}'")
+    _check_arch(path, arch, "arch")
     quants: dict[str, QuantEntry] = {}
     for qname, q in field(data, "quants", dict, w).items():
         qw = f"{w}: quants.{qname}"
@@ -105,8 +107,13 @@ def _load_entry(path: Path) -> ModelEntry:
             raise BadInputError(f"{w}: unknown quant {qname!r}", f"use one of {', '.join(QUANTS)}")
         if not isinstance(q, dict):
             raise BadInputError(f"{qw}: expected a mapping with file_bytes and source", "see other catalog files")
-        quants[qname] = QuantEntry(qname, field(q, "file_bytes", int, qw, optional=True), field(q, "source", str, qw, optional=True, default=""))
-    entry_id = field(data, "id", str, w)
+        file_bytes = field(q, "file_bytes", int, qw, optional=True)
+        if file_bytes is not None and file_bytes <= 0:
+            raise BadInputError(f"{qw}: file_bytes {file_bytes} should be above 0", "give the published file size in bytes, or leave it out")
+        quants[qname] = QuantEntry(qname, file_bytes, field(q, "source", str, qw, optional=True, default=""))
+    if field(data, "params", int, w) <= 0:
+        raise BadInputError(f"{w}: key 'params' should be above 0", "give the parameter count")
+    entry_id = check_model_id(field(data, "id", str, w), f"{w}: id")
     if entry_id != path.stem:
         raise BadInputError(f"{w}: key 'id' is {entry_id!r} but the file is {path.name}", "make them equal")
     return ModelEntry(
@@ -148,13 +155,15 @@ def entry_from_gguf(path: Path) -> ModelEntry:
     )
 
 
-def _check_arch(path: Path, arch: Arch) -> None:
-    """A hand-made GGUF can claim anything: sizes the planner divides by or loops over must be sane."""
+def _check_arch(path: Path, arch: Arch, what: str = "GGUF metadata") -> None:
+    """A hand-made GGUF or catalog file can claim anything: sizes the planner divides by or loops
+    over must be sane."""
     def values(v: int | list[int]) -> list[int]:
         return v if isinstance(v, list) else [v]
 
-    # block_count is bounded where it is read (gguf_reader.MAX_LAYERS): every file comes through there.
+    # a GGUF's block_count is bounded where it is read (gguf_reader.MAX_LAYERS); a catalog file's here
     bad = [f"{name} {v}" for name, v, lo, hi in (
+        ("n_layer", arch.n_layer, 1, MAX_LAYERS), ("context_length", arch.context_length, 1, 1 << 24),
         ("embedding_length", arch.n_embd, 1, 1 << 20),
         ("head_dim", arch.head_dim, 1, 1 << 16), ("vocab size", arch.n_vocab, 1, 1 << 24),
     ) if not lo <= v <= hi]
@@ -164,7 +173,7 @@ def _check_arch(path: Path, arch: Arch) -> None:
     if isinstance(arch.n_head, list) and len(arch.n_head) != arch.n_layer:
         bad.append(f"{len(arch.n_head)} per-layer head counts for {arch.n_layer} layers")
     if bad:
-        raise BadInputError(f"{path}: GGUF metadata out of range: {', '.join(bad)}", "the file is damaged or not a real model")
+        raise BadInputError(f"{path}: {what} out of range: {', '.join(bad)}", "the file is damaged or not a real model")
 
 
 def _int_or_list(value: Any) -> int | list[int]:

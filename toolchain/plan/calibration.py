@@ -21,11 +21,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toolchain.core.nouns import HostFacts, Plan, Telemetry
 from toolchain.core.paths import data_dir
-from toolchain.store.history import DeviceMeasurement, History, default_url
+from toolchain.store.records import DeviceMeasurement, default_url
+
+if TYPE_CHECKING:
+    from toolchain.store.history import History
 
 __all__ = ["DeviceMeasurement", "correction", "fingerprint", "fit_device", "fit_published", "load", "record_run"]
 
@@ -64,6 +67,8 @@ def fingerprint(facts: HostFacts) -> str:
 
 def load(fp: str, url: str | None = None) -> list[DeviceMeasurement]:
     """The device's newest MAX_RECORDS measurements, oldest first."""
+    if not _database_exists(url or default_url()) and not legacy_path().exists():
+        return []  # nothing measured yet: no need to load the database engine (a plan stays quick)
     with _open(url) as h:
         return h.measurements(fp, limit=MAX_RECORDS)
 
@@ -99,8 +104,18 @@ def legacy_path() -> Path:
     return data_dir() / "calibration.jsonl"
 
 
+def _database_exists(url: str) -> bool:
+    """False only for a SQLite file that is not there yet; any server may hold records."""
+    if not url.startswith("sqlite:///"):
+        return True
+    path = url.removeprefix("sqlite:///")
+    return path in ("", ":memory:") or "?" in path or Path(path).exists()
+
+
 @contextlib.contextmanager
 def _open(url: str | None) -> Iterator[History]:
+    from toolchain.store.history import History  # SQLAlchemy loads in ~0.3 s: only when a database is used
+
     with History(url or default_url()) as h:
         import_legacy(h)
         yield h
@@ -176,8 +191,6 @@ def fit_device(records: list[DeviceMeasurement], eta: float, overhead_s: float,
     pulled toward the defaults (ridge), so a device with one or two records moves only as far as
     they show and a type it never ran keeps its default. Records without a per-type split count
     their bytes under their kernel family."""
-    import numpy as np
-
     qf = quant_factors or {}
     pts: list[tuple[dict[str, float], float]] = []
     mem: list[float] = []
@@ -191,6 +204,8 @@ def fit_device(records: list[DeviceMeasurement], eta: float, overhead_s: float,
             mem.append(float(r.measured_peak_bytes - r.predicted_peak_bytes))
     if not pts:
         return DeviceFit()
+    import numpy as np  # ~0.2 s to import: only when there is something to fit
+
     types = sorted({t for z, _ in pts for t in z})
     prior = np.array([1.0 / (eta * qf.get(t, 1.0)) for t in types] + [overhead_s])
     rows, rhs = [], []

@@ -5,14 +5,13 @@ budgets from profiles/budgets.yaml, backends, defaults). plan_for turns facts + 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
 from toolchain.core.config import field as config_field
-from toolchain.core.config import load_yaml
+from toolchain.core.config import load_json, load_yaml
 from toolchain.core.errors import BadInputError
 from toolchain.core.nouns import Budget, HostFacts, Plan, Prediction
 from toolchain.core.paths import profiles_dir
@@ -115,14 +114,24 @@ def load_plan(req: PlanRequest) -> Plan:
     who can open a pull request may have written): types, finite numbers in range, identifiers for
     the model and the quant. --budget, when given, replaces the plan's budget."""
     assert req.plan_file is not None
-    plan = _load_document(Plan, req.plan_file, "plan", "write one with: edgedeploy plan ... --json > plan.json")
-    _check_plan(plan, str(req.plan_file))
+    plan = plan_from_document(load_json(req.plan_file, "plan", _PLAN_HINT), str(req.plan_file))
     return replace(plan, budget=req.budget) if req.budget_given else plan
+
+
+_PLAN_HINT = "write one with: edgedeploy plan ... --json > plan.json"
+
+
+def plan_from_document(doc: object, where: str) -> Plan:
+    """A plan as `plan --json` (or a report's "plan") holds it, checked as load_plan checks a file."""
+    plan = _from_document(Plan, doc, where, "plan", _PLAN_HINT)
+    _check_plan(plan, where)
+    return plan
 
 
 def load_facts(path: Path) -> HostFacts:
     """A saved `probe --json` document, checked as load_plan checks a plan at the fields the planner reads."""
-    facts = _load_document(HostFacts, path, "probe", "write one with: edgedeploy probe TARGET --json > facts.json")
+    hint = "write one with: edgedeploy probe TARGET --json > facts.json"
+    facts = _from_document(HostFacts, load_json(path, "probe", hint), str(path), "probe", hint)
     _check_facts(facts, str(path))
     return facts
 
@@ -130,21 +139,16 @@ def load_facts(path: Path) -> HostFacts:
 _T = TypeVar("_T")
 
 
-def _load_document(cls: type[_T], path: Path, kind: str, hint: str) -> _T:
+def _from_document(cls: type[_T], doc: object, where: str, kind: str, hint: str) -> _T:
     from toolchain.core.serde import SchemaError
 
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8
-        why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0][:200]
-        raise BadInputError(f"{path}: not a {kind} JSON document ({why})", hint) from exc
-    try:
         return from_dict(cls, doc, strict=True, where="")
     except SchemaError as exc:
-        where = exc.where or "the document"
-        raise BadInputError(f"{path}: {where}: {exc.problem}", f"not a {kind} JSON document as edgedeploy writes it; {hint}") from exc
+        at = exc.where or "the document"
+        raise BadInputError(f"{where}: {at}: {exc.problem}", f"not a {kind} JSON document as edgedeploy writes it; {hint}") from exc
     except RecursionError as exc:
-        raise BadInputError(f"{path}: not a {kind} JSON document (nested too deeply)", hint) from exc
+        raise BadInputError(f"{where}: not a {kind} JSON document (nested too deeply)", hint) from exc
 
 
 def _check(ok: bool, where: str, field_name: str, value: object, rule: str) -> None:

@@ -104,19 +104,20 @@ def _evaluate(opt: Option, basis: Basis, speed: SpeedBasis, budget: Budget, opts
     reasons: list[str] = []
     fixes: list[str] = []
     chosen: tuple[Prediction, str, str] | None = None  # prediction, kv type, mode
-    resident = [(kv, _predict(w, entry, ctx, kv, speed, opts)) for kv in opts.kv_types]
-    for kv, pred in resident:
+    resident: list[tuple[str, Prediction]] = []
+    for kv in opts.kv_types:  # the first KV type that fits; the rest are sized only if it is needed below
+        pred = _predict(w, entry, ctx, kv, speed, opts)
+        resident.append((kv, pred))
         if pred.peak_memory_bytes <= usable:
             chosen = (pred, kv, "resident")
             break
-    smallest = min((p.peak_memory_bytes for _, p in resident), default=0)
     mem_reason = ""
     if chosen is None and resident:
         kv0, p0 = resident[0]
         kvn, pn = resident[-1]
         mem_reason = f"needs {fmt_bytes(p0.peak_memory_bytes)} with {kv0} KV at ctx {ctx}" + (
             f" ({fmt_bytes(pn.peak_memory_bytes)} with {kvn} KV)" if kvn != kv0 else "") + f", {fmt_bytes(usable)} usable"
-        fixes += _memory_fixes(w, entry, ctx, usable, smallest, speed, opts)
+        fixes += _memory_fixes(w, entry, ctx, usable, min(p.peak_memory_bytes for _, p in resident), speed, opts)
         stream = _predict_stream(w, entry, ctx, resident, usable, speed, opts) if opts.mode == "auto" else None
         if stream is not None:
             chosen = stream
@@ -143,6 +144,9 @@ def _evaluate(opt: Option, basis: Basis, speed: SpeedBasis, budget: Budget, opts
             reasons.append(f"predicted time to first token {ttft_ms:.0f} ms > {budget.ttft_ms:g} ms budget")
             fixes.append(f"a time-to-first-token budget of {math.ceil(ttft_ms)}ms would fit")
     fits = chosen is not None and not reasons
+    if reasons:  # how near it came (the nearest miss) is judged on the smallest of every KV type
+        resident += [(kv, _predict(w, entry, ctx, kv, speed, opts)) for kv in opts.kv_types[len(resident):]]
+    smallest = min((p.peak_memory_bytes for _, p in resident), default=0)
     kv_type, mode = (chosen[1], chosen[2]) if chosen else ("f16", "resident")
     best_pred = chosen[0] if chosen else (resident[-1][1] if resident else None)
     cand = Candidate(model=entry.id, quant=opt.quant, fits=fits, reasons=reasons, predicted=best_pred, params=entry.params,

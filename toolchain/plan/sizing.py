@@ -12,6 +12,7 @@ overhead; efficiency depends on the backend, the quant family and the device cla
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 from toolchain.models.catalog import Arch, ModelEntry
@@ -102,19 +103,20 @@ def weights_estimate(entry: ModelEntry, quant: str) -> Weights:
         rep[t] = rep.get(t, 0) + n
         return n
 
+    # layers alike in shape and recipe are sized once (a plan sizes hundreds of candidates)
+    kinds = Counter((heads[il], kv_heads[il], ffs[il], _layer_type(quant, "attn", il, a.n_layer),
+                     _layer_type(quant, "attn_v", il, a.n_layer), _layer_type(quant, "ffn_down", il, a.n_layer))
+                    for il in range(a.n_layer))
     layers = 0
-    for il in range(a.n_layer):
-        q_dim, kv_dim = heads[il] * a.head_dim, kv_heads[il] * a.head_dim
-        t_attn = _layer_type(quant, "attn", il, a.n_layer)
-        t_v = _layer_type(quant, "attn_v", il, a.n_layer)
-        t_down = _layer_type(quant, "ffn_down", il, a.n_layer)
-        layers += add(t_attn, a.n_embd, q_dim + kv_dim) + add(t_v, a.n_embd, kv_dim) + add(t_attn, q_dim, a.n_embd)
-        ffn = add(t_attn, a.n_embd, 2 * ffs[il], n_exp) + add(t_down, ffs[il], a.n_embd, n_exp)
+    for (n_h, n_kv, ff, t_attn, t_v, t_down), count in kinds.items():
+        q_dim, kv_dim = n_h * a.head_dim, n_kv * a.head_dim
+        layers += add(t_attn, a.n_embd, q_dim + kv_dim, count) + add(t_v, a.n_embd, kv_dim, count) + add(t_attn, q_dim, a.n_embd, count)
+        ffn = add(t_attn, a.n_embd, 2 * ff, n_exp * count) + add(t_down, ff, a.n_embd, n_exp * count)
         if a.n_expert:
             experts += ffn
         else:
             layers += ffn
-        layers += 2 * a.n_embd * 4  # norms stay F32
+        layers += 2 * a.n_embd * 4 * count  # norms stay F32
     if output:
         rep[_fit(out_type, a.n_embd)] = rep.get(_fit(out_type, a.n_embd), 0) + output
     total = token_embd + output + layers + experts
@@ -266,19 +268,16 @@ def kv_cells(arch: Arch, ctx: int, swa_full: bool = False, ubatch: int = UBATCH)
 
 def kv_cache_bytes(arch: Arch, ctx: int, kv_type: str, swa_full: bool = False) -> int:
     t = _KV_GGML[kv_type]
-    kv_heads = arch.per_layer(arch.n_head_kv)
-    return sum(cells * rowsize(t, arch.head_dim * kv_heads[il]) * 2 for il, cells in enumerate(kv_cells(arch, ctx, swa_full)))
+    kinds = Counter(zip(kv_cells(arch, ctx, swa_full), arch.per_layer(arch.n_head_kv), strict=True))
+    return sum(count * cells * rowsize(t, arch.head_dim * kvh) * 2 for (cells, kvh), count in kinds.items())
 
 
 def kv_read_bytes(arch: Arch, depth: int, kv_type: str) -> int:
     """KV bytes read per decoded token at a context depth (SWA layers read at most their window)."""
     t = _KV_GGML[kv_type]
-    kv_heads = arch.per_layer(arch.n_head_kv)
-    total = 0
-    for il, swa in enumerate(swa_layers(arch)):
-        cells = min(depth, arch.sliding_window or depth) if swa else depth
-        total += cells * rowsize(t, arch.head_dim * kv_heads[il]) * 2
-    return total
+    swa_cells = min(depth, arch.sliding_window or depth)
+    kinds = Counter(zip(swa_layers(arch), arch.per_layer(arch.n_head_kv), strict=True))
+    return sum(count * (swa_cells if swa else depth) * rowsize(t, arch.head_dim * kvh) * 2 for (swa, kvh), count in kinds.items())
 
 
 # --- compute graph --------------------------------------------------------------------------

@@ -32,7 +32,8 @@ from typing import NoReturn
 
 from toolchain.core.errors import CommandFailed, CommandTimeout, TargetError
 from toolchain.core.nouns import TargetSpec
-from toolchain.transports.base import Capabilities, CommandResult, ProgressFn, Transport
+from toolchain.transports.base import MAX_OUTPUT_BYTES, Capabilities, CommandResult, ProgressFn, Transport
+from toolchain.transports.process import OutputTooLarge, communicate_bounded
 
 STAGING_DIR = "/data/local/tmp"  # writable by the shell user on every Android release
 # An OPEN message must fit the device's max payload (4096 bytes before Android 7, with the
@@ -387,12 +388,18 @@ class AdbTransport(Transport):
             start_new_session=True,  # a terminal's Ctrl-C goes to us, not straight to adb
         )
         try:
-            out, err = proc.communicate(timeout=max(timeout, 0.001))
-        except subprocess.TimeoutExpired as exc:
+            out, err = communicate_bounded(proc, None, max(timeout, 0.001), MAX_OUTPUT_BYTES)
+        except (TimeoutError, OutputTooLarge, subprocess.TimeoutExpired) as exc:
             # Killing the client closes its stream; adbd then kills the remote command (shell_v2).
             proc.kill()
-            proc.communicate()
+            proc.wait()
+            if isinstance(exc, OutputTooLarge):
+                raise
             raise TimeoutError(shlex.join(args)) from exc
+        finally:
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     def _adb_checked(self, args: Sequence[str], *, timeout: float) -> subprocess.CompletedProcess[bytes]:

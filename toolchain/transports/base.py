@@ -15,11 +15,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from toolchain.core.errors import CommandFailed, CommandTimeout
+from toolchain.core.errors import CommandFailed, CommandTimeout, TargetError
+from toolchain.transports.process import OutputTooLarge
 
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total)
 
 TAIL_LINES = 12
+# What one command may print (stdout and stderr together) before it is killed and refused: far
+# above any probe or log tail, far below what would hurt the host.
+MAX_OUTPUT_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,9 @@ class Transport(ABC):
         start = time.monotonic()
         try:
             status, out, err = self._exec(command, timeout, stdin)
+        except OutputTooLarge as exc:
+            raise TargetError(f"{self.display}: a command printed more than {MAX_OUTPUT_BYTES >> 20} MiB and was stopped: {_short(command)}",
+                              "the target answered with far more than it should: look at what that command prints there") from exc
         except TimeoutError as exc:
             raise CommandTimeout(
                 f"{self.display}: command timed out after {timeout:g} s: {_short(command)}",
@@ -137,8 +144,18 @@ class Transport(ABC):
         """Copy local into remote; with offset > 0, append local[offset:] to an existing remote."""
         self._put(local, remote, offset, progress)
 
-    def get(self, remote: str, local: Path, *, progress: ProgressFn | None = None) -> None:
+    def get(self, remote: str, local: Path, *, progress: ProgressFn | None = None, max_bytes: int | None = None) -> None:
+        """Copy remote into local; with max_bytes, a larger remote file is refused before it is copied."""
+        if max_bytes is not None:
+            out = self.run_shell(f"wc -c < {shlex.quote(remote)}", timeout=30, check=False).stdout.split()
+            if out and out[-1].isdigit() and int(out[-1]) > max_bytes:
+                raise TargetError(f"{self.display}: {remote} is {int(out[-1])} bytes, more than the {max_bytes} expected of it",
+                                  "the program on the board wrote far more than it should: look at the file there")
         self._get(remote, local, progress)
+        if max_bytes is not None and local.stat().st_size > max_bytes:  # it grew while being copied
+            local.unlink()
+            raise TargetError(f"{self.display}: {remote} grew past {max_bytes} bytes while it was copied",
+                              "the program on the board wrote far more than it should: look at the file there")
 
     def home(self) -> str:
         """The login user's home directory on the target, as an absolute path."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 from pathlib import Path
 
-from toolchain.transports.base import Capabilities, ProgressFn, Transport
+from toolchain.transports.base import MAX_OUTPUT_BYTES, Capabilities, ProgressFn, Transport
+from toolchain.transports.process import OutputTooLarge, communicate_bounded
 
 CHUNK = 4 << 20
 
@@ -28,11 +30,18 @@ class LocalTransport(Transport):
             start_new_session=True,
         )
         try:
-            out, err = proc.communicate(stdin, timeout=timeout)
-        except subprocess.TimeoutExpired as exc:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+            out, err = communicate_bounded(proc, stdin, timeout, MAX_OUTPUT_BYTES)
+        except (TimeoutError, OutputTooLarge, subprocess.TimeoutExpired) as exc:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            if isinstance(exc, OutputTooLarge):
+                raise
             raise TimeoutError(command) from exc
+        finally:
+            for pipe in (proc.stdin, proc.stdout, proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         return proc.returncode, out, err
 
     def _put(self, local: Path, remote: str, offset: int, progress: ProgressFn | None) -> None:

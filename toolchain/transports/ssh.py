@@ -22,7 +22,8 @@ from toolchain.core import settings
 from toolchain.core.errors import BadInputError, TargetError
 from toolchain.core.nouns import TargetSpec
 from toolchain.transports import ssh_copy
-from toolchain.transports.base import Capabilities, ProgressFn, Transport
+from toolchain.transports.base import MAX_OUTPUT_BYTES, Capabilities, ProgressFn, Transport
+from toolchain.transports.process import OutputTooLarge
 from toolchain.transports.ssh_hostkeys import (
     KnownHostsPolicy,
     changed_key_error,
@@ -239,6 +240,11 @@ class SshTransport(Transport):
                     out += chan.recv(READ_CHUNK)
                 while chan.recv_stderr_ready():
                     err += chan.recv_stderr(READ_CHUNK)
+                if len(out) + len(err) > MAX_OUTPUT_BYTES:
+                    _signal_remote(chan)
+                    if on_timeout is not None:  # the same clean-up as a timeout: kill what it started
+                        on_timeout()
+                    raise OutputTooLarge(MAX_OUTPUT_BYTES)
                 # A closed channel has exit_status_ready() too (-1 when none came): sorted out below.
                 if (chan.eof_received or chan.closed) and chan.exit_status_ready() and not chan.recv_ready() \
                         and not chan.recv_stderr_ready():

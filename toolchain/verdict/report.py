@@ -125,6 +125,9 @@ class ShipFailed(EdgeDeployError):
         self.exit_code = cause.exit_code
         self.failure_class = cause.failure_class
 
+    def document(self) -> dict[str, Any]:
+        return self.report.document()
+
 
 def new_run_dir(target: str, base: Path | None = None) -> Path:
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in target)[:40]
