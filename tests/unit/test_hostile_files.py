@@ -5,6 +5,7 @@ nothing but BadInputError may come out."""
 
 from __future__ import annotations
 
+import json
 import struct
 import time
 import tracemalloc
@@ -394,3 +395,36 @@ def test_a_plan_for_a_board_loads_neither_the_database_nor_numpy() -> None:
             "print(sorted(m for m in ('sqlalchemy', 'numpy') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_parsed_yaml_is_kept_by_content_and_a_damaged_index_is_ignored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(config, "_index", None)
+    monkeypatch.setattr(config, "_index_added", {})
+    monkeypatch.setattr(config, "_index_path", lambda: tmp_path / "cache" / "yaml-index.json")
+    monkeypatch.setattr(config.atexit, "register", lambda fn: None)  # saved by hand below
+    f = tmp_path / "board.yaml"
+    f.write_text("id: a\nram: 8\nwhen: 2024-01-01\n")  # a date: JSON cannot hold it, so it is not kept
+    g = tmp_path / "other.yaml"
+    g.write_text("id: b\nram: 4\n")
+    assert load_yaml(g) == {"id": "b", "ram": 4}
+    load_yaml(f)
+    config._save_index()
+    kept = json.loads((tmp_path / "cache" / "yaml-index.json").read_text())
+    assert list(kept.values()) == ['{"id":"b","ram":4}']
+    monkeypatch.setattr(config, "_index", None)  # a new process: served from the index, not parsed
+    monkeypatch.setattr(config, "_parse_yaml", lambda path, raw: pytest.fail(f"{path} parsed again"))
+    assert load_yaml(g) == {"id": "b", "ram": 4}
+    monkeypatch.undo()
+    monkeypatch.setattr(config, "_index", None)
+    monkeypatch.setattr(config, "_index_added", {})
+    monkeypatch.setattr(config, "_index_path", lambda: tmp_path / "cache" / "yaml-index.json")
+    monkeypatch.setattr(config.atexit, "register", lambda fn: None)
+    g.write_text("id: b\nram: 16\n")  # an edit is new content: parsed
+    assert load_yaml(g) == {"id": "b", "ram": 16}
+    (tmp_path / "cache" / "yaml-index.json").write_text("[" * 100_000)
+    monkeypatch.setattr(config, "_index", None)
+    assert load_yaml(g) == {"id": "b", "ram": 16}
+    digest = next(iter(kept))
+    monkeypatch.setattr(config, "_index", {digest: "[" * 100_000})
+    g.write_text("id: b\nram: 4\n")
+    assert load_yaml(g) == {"id": "b", "ram": 4}

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import difflib
+import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, overload
@@ -102,6 +105,21 @@ def load_yaml(path: Path) -> dict[str, Any]:
         raise BadInputError(f"{path}: cannot read: {exc.strerror}", "check the path") from exc
     if len(raw) > MAX_YAML_BYTES:
         raise BadInputError(f"{path}: larger than {MAX_YAML_BYTES >> 10} KiB: not a configuration file", _YAML_HINT)
+    digest = hashlib.blake2b(raw, digest_size=16).hexdigest()
+    known = _parsed_index().get(digest)
+    if known is not None:
+        try:
+            cached = json.loads(known)
+        except (ValueError, RecursionError):
+            cached = None  # a damaged index entry: parse the file
+        if isinstance(cached, dict):
+            return cached
+    data = _parse_yaml(path, raw)
+    _remember(digest, data)
+    return data
+
+
+def _parse_yaml(path: Path, raw: bytes) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -128,6 +146,70 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise BadInputError(f"{path}: expected a mapping at the top level", "see the examples beside it")
     return data
+
+
+# --- parsed files, by content -----------------------------------------------------------------
+# A plan reads ~60 YAML files (catalog, boards); parsed and checked once, each is kept as JSON in
+# <cache>/yaml-index.json under the digest of its bytes, so an edited file is simply a new entry.
+# What comes from the index is the same data the loaders then check field by field.
+MAX_INDEX_BYTES = 8 << 20
+_index: dict[str, str] | None = None
+_index_added: dict[str, str] = {}
+
+
+def _index_path() -> Path:
+    from toolchain.core.paths import cache_dir
+
+    return cache_dir() / "yaml-index.json"
+
+
+def _parsed_index() -> dict[str, str]:
+    global _index
+    if _index is None:
+        _index = _read_index(_index_path())
+    return _index
+
+
+def _remember(digest: str, data: dict[str, Any]) -> None:
+    """Keep a parsed file if JSON holds it unchanged (YAML also has dates and non-string keys)."""
+    try:
+        text = json.dumps(data, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return
+    if json.loads(text) != data:
+        return
+    if not _index_added:
+        atexit.register(_save_index)
+    _parsed_index()[digest] = text
+    _index_added[digest] = text
+
+
+def _save_index() -> None:
+    """Written once, at exit, over the entries on disk (atomically: concurrent runs may race)."""
+    path = _index_path()
+    added = dict(_index_added)
+    _index_added.clear()
+    try:
+        entries = {**_read_index(path), **added}
+        text = json.dumps(entries, separators=(",", ":"))
+        if len(text) > MAX_INDEX_BYTES:
+            text = json.dumps(added, separators=(",", ":"))  # start again rather than grow without end
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a cache: a read-only home only costs the next run the parse
+
+
+def _read_index(path: Path) -> dict[str, str]:
+    try:
+        with path.open("rb") as f:
+            raw = f.read(MAX_INDEX_BYTES + 1)
+        doc = json.loads(raw) if len(raw) <= MAX_INDEX_BYTES else None
+    except (OSError, ValueError, RecursionError):
+        return {}  # no index, or a damaged one: parse the files
+    return {k: v for k, v in doc.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(doc, dict) else {}
 
 
 def _one_line(text: str) -> str:

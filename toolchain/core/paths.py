@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 from importlib.resources import files
 from pathlib import Path
 
@@ -37,12 +39,18 @@ def profiles_dir() -> Path:
 
 def data_dir() -> Path:
     """Per-user state: local deployments, run directories, history, calibration."""
-    return settings.home() or Path(user_data_dir("edgedeploy"))
+    return settings.home() or _platform_dir("data", os.environ.get("XDG_DATA_HOME"))
 
 
 def cache_dir() -> Path:
     """Re-creatable downloads and derived models (GGUF files are never in the repo)."""
-    return settings.cache() or Path(user_cache_dir("edgedeploy"))
+    return settings.cache() or _platform_dir("cache", os.environ.get("XDG_CACHE_HOME"))
+
+
+@functools.lru_cache(maxsize=8)
+def _platform_dir(kind: str, _xdg: str | None) -> Path:
+    """platformdirs' answer, kept per XDG value: a plan asks for the cache hundreds of times."""
+    return Path(user_data_dir("edgedeploy") if kind == "data" else user_cache_dir("edgedeploy"))
 
 
 def models_cache() -> Path:
