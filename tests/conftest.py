@@ -33,6 +33,9 @@ def edgedeploy_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "edgedeploy-home"
     monkeypatch.setenv("EDGEDEPLOY_HOME", str(home))
     monkeypatch.delenv("EDGEDEPLOY_RUNS", raising=False)
+    # Every test starts with a device never measured: the first-contact calibration (~30 s here)
+    # would run in each ship. It is off unless a test turns it on (tests/e2e/test_calibration.py).
+    monkeypatch.setenv("EDGEDEPLOY_CALIBRATE", "0")
     return home
 
 

@@ -21,10 +21,12 @@ from toolchain.core.errors import EXIT_NOTHING_FITS, BadInputError, EdgeDeployEr
 from toolchain.core.serde import to_json_dict
 
 if TYPE_CHECKING:
+    from toolchain.core.nouns import HostFacts, TargetSpec
     from toolchain.deploy.pipeline import DeployOptions
     from toolchain.deploy.status import DeploymentStatus
     from toolchain.fleet.job import LabRun
     from toolchain.plan.request import PlanRequest
+    from toolchain.transports.base import Transport
     from toolchain.verdict.report import Report
 
 app = typer.Typer(
@@ -149,6 +151,8 @@ def probe(
     record: Annotated[Path | None, typer.Option("--record", help="Write the raw output of every fact here (scrubbed).")] = None,
     deploy_dir: Annotated[str | None, typer.Option("--deploy-dir", help="Deploy directory on the target (for free space).")] = None,
     accept_new_host_key: Annotated[bool, typer.Option("--accept-new-host-key", help="Record an unknown SSH host key.")] = False,
+    calibrate: Annotated[bool, typer.Option("--calibrate", help="Also benchmark llama.cpp's decode on the device (about 30 s "
+                                            "here, ~2 min on a Pi 5) and store it: later plans for it rest on that.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Measure what decides which model can run on TARGET."""
@@ -159,12 +163,33 @@ def probe(
     def run() -> Any:
         spec = resolve_target(target)
         with connect(spec, accept_new_host_key=accept_new_host_key) as t:
-            return probe_target(spec, t, deploy_root(spec, None, deploy_dir), quick=quick, record=record)
+            facts = probe_target(spec, t, deploy_root(spec, None, deploy_dir), quick=quick, record=record)
+            if calibrate:
+                _calibrate(spec, t, deploy_root(spec, t, deploy_dir), facts)
+            return facts
 
     facts = guarded(as_json, run)
     from toolchain.cli.render_facts import render_facts
 
     emit(as_json, facts, lambda: render_facts(facts))
+
+
+def _calibrate(spec: TargetSpec, t: Transport, root: str, facts: HostFacts) -> None:
+    import tempfile
+
+    from toolchain.deploy.provision import Provisioner
+    from toolchain.plan.basis import Overrides, build_basis
+    from toolchain.plan.boards import load_boards, lookup_board
+    from toolchain.probe.calibrate import calibrate
+    from toolchain.probe.reach import target_python
+
+    events = ui.ConsoleEvents()
+    python = Provisioner(t, root, log=events.log).ensure(target_python(spec, facts)).python
+    board = lookup_board(load_boards(), spec.board) if spec.board else None
+    basis, _, threads = build_basis(facts, board, Overrides(), records=[])
+    with tempfile.TemporaryDirectory(prefix="edgedeploy-calibration-") as tmp:
+        calibrate(t, root, python, facts, events, bandwidth_bytes_per_s=basis.bandwidth_bytes_per_s, threads=threads,
+                  local_dir=Path(tmp))
 
 
 @app.command()
@@ -234,6 +259,8 @@ def ship(
     sustained: Annotated[str | None, typer.Option("--sustained", help="Bench this long (e.g. 120s) to report the speed once the board has heated.")] = None,
     serve_host: Annotated[str, typer.Option("--serve-host", help="Server address (0.0.0.0: all interfaces; no authentication).")] = "127.0.0.1",
     serve_port: Annotated[int, typer.Option("--serve-port", help="Port the server listens on.")] = 8080,
+    calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Benchmark llama.cpp on a device never "
+                                                   "measured before planning (default: on; EDGEDEPLOY_CALIBRATE=0 turns it off).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Probe, plan, package, ship, run and validate; activate the release only if it passes.
@@ -247,7 +274,7 @@ def ship(
         req = DeployRequest(
             target=resolve_target(target), deploy_dir=deploy_dir, force=force, strict_prediction=strict_prediction,
             plan=_plan_request(budget, ttft, ctx, model, quant, allow_low_bit, offline, efficiency=efficiency, threads=threads, plan_file=plan_file),
-            options=_deploy_options(mode, sustained, serve_host, serve_port, offline))
+            options=_deploy_options(mode, sustained, serve_host, serve_port, offline, calibrate))
         return do_ship(req, ui.ConsoleEvents(), accept_new_host_key=accept_new_host_key)
 
     result = guarded(as_json, run)
@@ -256,7 +283,8 @@ def ship(
     emit(as_json, result.document(), lambda: render_ship(result))
 
 
-def _deploy_options(mode: str, sustained: str | None, serve_host: str, serve_port: int, offline: bool | None) -> DeployOptions:
+def _deploy_options(mode: str, sustained: str | None, serve_host: str, serve_port: int, offline: bool | None,
+                    calibrate: bool | None = None) -> DeployOptions:
     from toolchain.core.units import parse_duration_ms
     from toolchain.deploy.pipeline import DeployOptions
     from toolchain.deploy.serve import ServeOptions
@@ -264,8 +292,10 @@ def _deploy_options(mode: str, sustained: str | None, serve_host: str, serve_por
     if mode not in ("bench", "serve"):
         raise BadInputError(f"--mode {mode!r}", "use --mode bench or --mode serve")
     sustained_s = parse_duration_ms(sustained, "--sustained") / 1000.0 if sustained else 0.0
+    from toolchain.core import settings
+
     return DeployOptions(mode=mode, sustained_s=sustained_s, serve=ServeOptions(host=serve_host, port=serve_port).checked(),
-                         offline_wheels=offline is True)
+                         offline_wheels=offline is True, calibrate=settings.calibrate() if calibrate is None else calibrate)
 
 
 @app.command("validate")

@@ -14,6 +14,14 @@ if TYPE_CHECKING:
     from toolchain.verdict.report import Report
 
 
+CONFIDENCE = {
+    "class defaults": "class defaults for a device never measured: a guess (ship calibrates it first; "
+                      "`probe --calibrate` does it alone)",
+    "calibrated": "this device's own first-contact calibration (and any runs shipped since)",
+    "measured": "this device's shipped runs",
+}
+
+
 def render_plan(plan: Plan, every: bool = False) -> None:
     b = plan.basis
     ui.err.print(f"basis: usable memory {fmt_bytes(b.usable_memory_bytes)}; bandwidth {fmt_rate(b.bandwidth_bytes_per_s)} "
@@ -37,9 +45,12 @@ def render_plan(plan: Plan, every: bool = False) -> None:
     ui.err.print("* size estimated from the tensor table recipe   ✓ available offline now", markup=False)
     s = plan.selected
     if s:
+        p = s.predicted
+        interval = f", {p.decode_tokens_per_s_low:.1f}-{p.decode_tokens_per_s_high:.1f} expected" if p.decode_tokens_per_s_low else ""
         ui.err.print(f"selected: {s.model} {s.quant} ({s.mode}), ctx {s.ctx}, KV {s.kv_type}, {s.threads} threads: predicted "
-                     f"{s.predicted.decode_ms_per_token:.1f} ms/token ({s.predicted.decode_tokens_per_s:.1f} tok/s), "
-                     f"peak {fmt_bytes(s.predicted.peak_memory_bytes)}", markup=False)
+                     f"{p.decode_ms_per_token:.1f} ms/token ({p.decode_tokens_per_s:.1f} tok/s{interval}), "
+                     f"peak {fmt_bytes(p.peak_memory_bytes)}", markup=False)
+        ui.err.print(f"  speed basis: {CONFIDENCE.get(b.confidence, b.confidence)}", markup=False)
         for n in s.notes:
             ui.err.print(f"  note: {n}", markup=False)
 

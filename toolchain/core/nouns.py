@@ -228,6 +228,11 @@ class Prediction:
     efficiency: float = 0.0  # of bandwidth, for this kernel family on this device
     per_token_overhead_s: float = 0.0
     bytes_by_type: dict[str, int] = field(default_factory=dict)  # bytes_per_token split by ggml type
+    n_layer: int = 0  # of the model: the fixed per-token cost is paid per layer
+    # How sure: the decode rate is expected within [low, high] (the 10th-90th percentile of what
+    # the basis was fitted on, widened where it rests on few measurements); 0: not stated.
+    decode_tokens_per_s_low: float = 0.0
+    decode_tokens_per_s_high: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -277,6 +282,10 @@ class Basis:
     backend: str = "cpu"
     device_class: str = ""
     memory_offset_bytes: int = 0  # fitted from this device's measured peaks (0: none yet)
+    per_layer_overhead_s: float = 0.0
+    # what the speed rests on: "calibrated" (this device's first-contact benchmark and runs),
+    # "measured" (shipped runs only) or "class defaults" (a device never measured: a guess)
+    confidence: str = "class defaults"
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,9 @@ def _is(tp: object, value: object) -> bool:
         return any(_is(a, value) for a in get_args(tp))
     if origin is list:
         return isinstance(value, list) and all(_is(get_args(tp)[0], v) for v in value)
+    if origin is dict:
+        key_tp, val_tp = get_args(tp)
+        return isinstance(value, dict) and all(_is(key_tp, k) and _is(val_tp, v) for k, v in value.items())
     if tp is type(None):
         return value is None
     if tp is bool:

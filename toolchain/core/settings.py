@@ -32,6 +32,7 @@ CPUS = "EDGEDEPLOY_CPUS"
 PYTHON = "EDGEDEPLOY_PYTHON"
 BOARD = "EDGEDEPLOY_BOARD"
 BOARD_BIN = "EDGEDEPLOY_BOARD_BIN"
+CALIBRATE = "EDGEDEPLOY_CALIBRATE"
 
 SSH_COPY_DEFAULT = "auto"
 
@@ -69,6 +70,8 @@ SETTINGS: tuple[Setting, ...] = (
             "unset: no login", HOST),
     Setting(SERIAL_PASSWORD, "Login password for a serial console whose target file has no login_password_env.",
             "unset: no password", HOST, secret=True),
+    Setting(CALIBRATE, "Whether ship calibrates a device it has no measurements of (1) or plans it on class defaults (0); "
+            "`ship --calibrate/--no-calibrate` wins.", "1", HOST),
     Setting(RUN_ID, "Tags every remote command of an ssh target, so a timeout can kill all it started.",
             "a new id per command", "the target's shell; set by the ssh transport, never by the user"),
     Setting(THREADS, "Thread count for the on-device bandwidth measurement.",
@@ -129,6 +132,10 @@ def ssh_copy() -> str:
 def ssh_password(var: str = SSH_PASSWORD) -> str | None:
     """The ssh password from `var` (the transport lets a caller name another variable)."""
     return os.environ.get(var) or None
+
+
+def calibrate() -> bool:
+    return (_value(CALIBRATE) or "1").strip().lower() not in ("0", "no", "false", "off")
 
 
 def serial_user() -> str | None:

@@ -11,10 +11,12 @@ report.json, report.md and junit.xml (a failed run still writes its report).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from toolchain.core import settings
 from toolchain.core.errors import BadInputError, EdgeDeployError, InternalError, NothingFitsError
 from toolchain.core.events import Events
 from toolchain.core.nouns import Check, HostFacts, Plan, Release, Selected, TargetSpec, Telemetry, Verdict
@@ -48,6 +50,8 @@ class DeployOptions:
     sustained_s: float = 0.0  # bench this long, to report the speed after the board has heated
     serve: ServeOptions = field(default_factory=ServeOptions)
     offline_wheels: bool = False  # provisioning uses only the wheelhouse
+    # first contact: benchmark llama.cpp on a device with no stored measurements before planning
+    calibrate: bool = field(default_factory=settings.calibrate)
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,28 @@ def deploy(transport: Transport, request: DeployRequest, events: Events, *, run_
     return report
 
 
+def _calibrate_if_new(transport: Transport, req: DeployRequest, root: str, python: str, facts: HostFacts, events: Events,
+                      run: _Run, stage: Callable[[str], None]) -> None:
+    """A device never measured is benchmarked first (probe/calibrate.py), so that its first plan
+    rests on what llama.cpp does there. A calibration that fails costs the plan its basis, not the
+    deployment: it is planned on class defaults, and says so."""
+    from toolchain.plan.basis import build_basis
+    from toolchain.plan.boards import load_boards, lookup_board
+    from toolchain.probe.calibrate import calibrate, needs_calibration
+
+    if not needs_calibration(facts):
+        return
+    stage("calibrate")
+    board_id = req.plan.board or req.target.board
+    board = lookup_board(load_boards(), board_id) if board_id else None
+    basis, _, threads = build_basis(facts, board, req.plan.overrides, records=[])
+    try:
+        calibrate(transport, root, python, facts, events, bandwidth_bytes_per_s=basis.bandwidth_bytes_per_s,
+                  threads=threads, local_dir=run.run_dir)
+    except EdgeDeployError as exc:
+        events.log(f"  {exc.message}; planning on class defaults")
+
+
 def _deploy(transport: Transport, req: DeployRequest, events: Events, run: _Run) -> None:
     from toolchain.deploy.package import package
     from toolchain.deploy.provision import Provisioner
@@ -157,6 +183,9 @@ def _deploy(transport: Transport, req: DeployRequest, events: Events, run: _Run)
     stage("provision")
     prov = Provisioner(transport, root, log=events.log, offline=opts.offline_wheels or req.plan.offline is True)
     python = prov.ensure(target_python(spec, facts), server=opts.mode == "serve").python
+
+    if planned is None and opts.calibrate:
+        _calibrate_if_new(transport, req, root, python, facts, events, run, stage)
 
     stage("plan")
     events.step("planning")

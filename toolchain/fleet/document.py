@@ -91,7 +91,7 @@ class CheckRow(TypedDict):
     """One lab check: one JUnit test case."""
 
     name: str
-    outcome: str  # passed | failed | error | skipped
+    outcome: str  # passed | failed | error | skipped | warning
     message: str
     detail: str
 

@@ -22,8 +22,8 @@ from toolchain.plan.request import PlanRequest, build_plan_request, resolve_budg
 from toolchain.transports.targets import KINDS, resolve_target
 
 # Stages a board goes through, in order; "lock" is the wait for the board lock.
-STAGES = ("lock", "connect", "probe", "provision", "plan", "package", "transfer", "run", "validate")
-DEFAULT_STAGE_S = {"connect": 60.0, "probe": 300.0, "provision": 900.0, "plan": 120.0, "package": 300.0, "transfer": 1800.0,
+STAGES = ("lock", "connect", "probe", "provision", "calibrate", "plan", "package", "transfer", "run", "validate")
+DEFAULT_STAGE_S = {"connect": 60.0, "probe": 300.0, "provision": 900.0, "calibrate": 900.0, "plan": 120.0, "package": 300.0, "transfer": 1800.0,
                    "run": 1800.0, "validate": 60.0}
 DEFAULT_JOB_S, DEFAULT_BOARD_S, DEFAULT_LOCK_WAIT_S = 7200.0, 3600.0, 600.0
 

@@ -3,6 +3,7 @@ local files -> options. The decisions themselves stay pure in planner.py."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,19 @@ DEFAULT_EFFICIENCY: dict[tuple[str, str], tuple[float, float]] = {
     ("apple-silicon", "metal"): (1.34, 0.0063),
 }
 GPU_FALLBACK = (0.50, 0.0100)  # vulkan/opencl and unlisted pairs: no published rows to fit
+# Measured / predicted tok/s on class defaults (a device never measured): the 10th-90th
+# percentile of leave-one-device-out residuals over published-benchmarks.csv
+# (bench/published_lodo.py prints them), widened where a class has few devices.
+CLASS_INTERVAL: dict[tuple[str, str], tuple[float, float]] = {
+    ("sbc-cpu", "cpu"): (0.7, 1.3),
+    ("x86-cpu", "cpu"): (0.6, 1.5),
+    ("phone-cpu", "cpu"): (0.5, 1.5),
+    ("jetson", "cpu"): (0.5, 1.6),
+    ("jetson", "cuda"): (0.6, 1.5),
+    ("apple-silicon", "cpu"): (0.6, 1.5),
+    ("apple-silicon", "metal"): (0.65, 1.4),
+}
+GPU_FALLBACK_INTERVAL = (0.4, 2.0)
 # Per-layer share of the fixed overhead on CPUs (graph ops and thread barriers per layer), in
 # seconds; fitted on this project's x86 measurements (bench/accuracy.py) and refined per device.
 PER_LAYER_OVERHEAD_S = 0.00003
@@ -85,8 +99,10 @@ def build_basis(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides,
     factors = dict(QUANT_FACTORS) if ov.backend == "cpu" else {}
     if records is None:
         records = calibration.load(calibration.fingerprint(facts)) if facts is not None else []
-    fit = calibration.fit_device(records, eff, overhead, factors)
+    per_layer = PER_LAYER_OVERHEAD_S if ov.backend == "cpu" else 0.0
+    fit = calibration.fit_device(records, eff, overhead, factors, per_layer_s=per_layer)
     mem_offset = 0
+    confidence, interval = "class defaults", CLASS_INTERVAL.get((dev_class, ov.backend), GPU_FALLBACK_INTERVAL)
     if fit.records and ov.efficiency is None:
         # family_factors are relative to the default eff; re-express them against the fitted one
         new_eff = eff * fit.eta_scale
@@ -94,8 +110,17 @@ def build_basis(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides,
             factors[t] = f * eff / new_eff
         eff = new_eff
         overhead = fit.overhead_s if fit.overhead_s is not None else overhead
+        per_layer = fit.per_layer_overhead_s if fit.per_layer_overhead_s is not None else per_layer
         mem_offset = fit.memory_offset_bytes
         eff_src += f"; {fit.source}"
+        if ov.bandwidth_bytes_per_s is None and fit.bandwidth_bytes_per_s > 0:
+            # the fit is in seconds per byte against the read rate its records were measured at:
+            # today's probe (memchr moves +-20 % run to run) must not shift a measured device
+            now = f"; the probe reads {bw / 1e9:.2f} GB/s now" if facts is not None and facts.bandwidth.read_bytes_per_s else ""
+            bw = fit.bandwidth_bytes_per_s * ov.bandwidth_share
+            bw_src = f"the read rate this device's {fit.records} measurement(s) are fitted against{now}"
+        confidence = "calibrated" if fit.calibrated else "measured"
+        interval = _fitted_interval(fit)
     threads = ov.threads or (facts.cpu.recommended_threads if facts else board.big_cores if board else 4)
     mhz = _max_mhz(facts, board) or DEFAULT_MHZ
     isa = normalize_isa((facts.cpu.isa or facts.cpu.features) if facts else board.features if board else [])
@@ -105,12 +130,19 @@ def build_basis(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides,
     basis = Basis(
         usable_memory_bytes=usable, bandwidth_bytes_per_s=bw, efficiency=round(eff, 4), bandwidth_source=bw_src,
         efficiency_source=eff_src, per_token_overhead_s=overhead, compute_flops_per_s=flops, storage_read_bytes_per_s=storage,
-        backend=ov.backend, device_class=dev_class, memory_offset_bytes=mem_offset,
+        backend=ov.backend, device_class=dev_class, memory_offset_bytes=mem_offset, per_layer_overhead_s=per_layer,
+        confidence=confidence,
     )
     speed = SpeedBasis(bw, eff, flops, overhead, storage, tuple(sorted(factors.items())), isa=isa, backend=ov.backend,
-                       per_layer_overhead_s=PER_LAYER_OVERHEAD_S if ov.backend == "cpu" else 0.0,
-                       memory_offset_bytes=mem_offset)
+                       per_layer_overhead_s=per_layer, memory_offset_bytes=mem_offset, interval=interval)
     return basis, speed, threads
+
+
+def _fitted_interval(fit: calibration.DeviceFit) -> tuple[float, float]:
+    """The 10th-90th percentile of the device's own residuals, at least +-(5 % + 25 %/sqrt(n)):
+    a handful of records, or synthetic ones, do not show every way a real model differs."""
+    w = 0.05 + 0.25 / math.sqrt(max(1, fit.records))
+    return round(min(fit.spread[0], 1.0 - w), 3), round(max(fit.spread[1], 1.0 + w), 3)
 
 
 def uncorrected_decode_s(basis: Basis, pred: Prediction) -> float:
@@ -124,7 +156,10 @@ def uncorrected_decode_s(basis: Basis, pred: Prediction) -> float:
     mem = sum(b / (basis.bandwidth_bytes_per_s * eta * factors.get(t, 1.0)) for t, b in by_type.items())
     storage = basis.storage_read_bytes_per_s
     stream = pred.streamed_bytes_per_token / storage if pred.streamed_bytes_per_token and storage else 0.0
-    per_layer = max(0.0, pred.per_token_overhead_s - basis.per_token_overhead_s)  # the per-layer share: not fitted
+    if pred.n_layer:
+        per_layer = (PER_LAYER_OVERHEAD_S if basis.backend == "cpu" else 0.0) * pred.n_layer  # the default, not this device's fit
+    else:  # a plan written before predictions carried their layer count
+        per_layer = max(0.0, pred.per_token_overhead_s - basis.per_token_overhead_s)
     return mem + stream + overhead + per_layer
 
 

@@ -54,6 +54,10 @@ class DeviceFit:
     memory_offset_bytes: int = 0  # median measured - predicted peak RSS
     records: int = 0
     source: str = "default (no measurements of this device yet)"
+    per_layer_overhead_s: float | None = None  # None: keep the default (no record says its layer count)
+    bandwidth_bytes_per_s: float = 0.0  # the read rate the records were fitted against (their median)
+    calibrated: int = 0  # how many of the records come from the first-contact calibration
+    spread: tuple[float, float] = (1.0, 1.0)  # 10th / 90th percentile of measured / fitted tok/s over the records
 
 
 def fingerprint(facts: HostFacts) -> str:
@@ -81,6 +85,12 @@ def record_run(facts: HostFacts, plan: Plan, telemetry: Telemetry, url: str | No
         h.add_measurements([measurement(facts, plan, telemetry)])
 
 
+def record_measurements(records: list[DeviceMeasurement], url: str | None = None) -> None:
+    """Store measurements made outside a shipped run (the first-contact calibration)."""
+    with _open(url) as h:
+        h.add_measurements(records)
+
+
 def measurement(facts: HostFacts, plan: Plan, telemetry: Telemetry, at: datetime | None = None) -> DeviceMeasurement:
     """The record of a shipped run. Its predictions are put back on the uncorrected basis (class
     defaults, no device fit, no RSS offset): the plan's own were made with the fit of the earlier
@@ -96,7 +106,7 @@ def measurement(facts: HostFacts, plan: Plan, telemetry: Telemetry, at: datetime
         measured_decode_s=1.0 / telemetry.decode_tokens_per_s, bytes_per_token=p.bytes_per_token,
         predicted_peak_bytes=(p.bench_rss_bytes or p.peak_memory_bytes) - plan.basis.memory_offset_bytes,
         measured_peak_bytes=telemetry.peak_rss_bytes, family=p.kernel_family, bytes_by_type=dict(p.bytes_by_type),
-        bandwidth_bytes_per_s=plan.basis.bandwidth_bytes_per_s,
+        bandwidth_bytes_per_s=plan.basis.bandwidth_bytes_per_s, n_layer=p.n_layer, origin="run",
     )
 
 
@@ -185,52 +195,82 @@ def family_of(quant: str) -> str:
 
 
 def fit_device(records: list[DeviceMeasurement], eta: float, overhead_s: float,
-               quant_factors: dict[str, float] | None = None, ridge: float = RIDGE) -> DeviceFit:
-    """Seconds per token = sum over ggml types of bytes_t / (bandwidth x eta_t) + overhead, fitted
-    to this device's measurements by least squares on relative error, each eta_t and the overhead
-    pulled toward the defaults (ridge), so a device with one or two records moves only as far as
-    they show and a type it never ran keeps its default. Records without a per-type split count
-    their bytes under their kernel family."""
+               quant_factors: dict[str, float] | None = None, ridge: float = RIDGE,
+               per_layer_s: float = 0.0) -> DeviceFit:
+    """Seconds per token = sum over ggml types of bytes_t / (bandwidth x eta_t) + overhead
+    + per_layer x layers, fitted to this device's measurements by least squares on relative error,
+    each term pulled toward its default (ridge), so a device with one or two records moves only as
+    far as they show and a type it never ran keeps its default. Records without a per-type split
+    count their bytes under their kernel family; records without a layer count (older ones) fold
+    the per-layer cost into the overhead, as the planner did then. Each record is divided by its
+    own read rate: the fit is of seconds per byte, and the rate it is expressed against is their
+    median (bandwidth_bytes_per_s), so a noisy probe today does not move a calibrated plan."""
     qf = quant_factors or {}
-    pts: list[tuple[dict[str, float], float]] = []
+    pts: list[tuple[dict[str, float], float, int]] = []
     mem: list[float] = []
+    rates: list[float] = []
     for r in records:
         y, bpt, bw = r.measured_decode_s, r.bytes_per_token, r.bandwidth_bytes_per_s
         if y <= 0 or bpt <= 0 or bw <= 0:
             continue
         by_type = r.bytes_by_type or {r.family or family_of(r.quant): bpt}
-        pts.append(({t: b / bw for t, b in by_type.items() if b > 0}, y))
+        pts.append(({t: b / bw for t, b in by_type.items() if b > 0}, y, max(0, r.n_layer)))
+        rates.append(bw)
         if r.measured_peak_bytes and r.predicted_peak_bytes:
             mem.append(float(r.measured_peak_bytes - r.predicted_peak_bytes))
     if not pts:
         return DeviceFit()
     import numpy as np  # ~0.2 s to import: only when there is something to fit
 
-    types = sorted({t for z, _ in pts for t in z})
-    prior = np.array([1.0 / (eta * qf.get(t, 1.0)) for t in types] + [overhead_s])
+    types = sorted({t for z, _, _ in pts for t in z})
+    layered = len({n for _, _, n in pts if n}) >= 2  # the per-layer cost is told apart only by different depths
+    prior = np.array([1.0 / (eta * qf.get(t, 1.0)) for t in types] + [overhead_s] + ([per_layer_s] if layered else []))
     rows, rhs = [], []
-    for z, y in pts:  # relative residuals: a 2 ms model and a 2 s model weigh alike
-        rows.append([z.get(t, 0.0) / y for t in types] + [1.0 / y])
+    for z, y, n in pts:  # relative residuals: a 2 ms model and a 2 s model weigh alike
+        rows.append([z.get(t, 0.0) / y for t in types] + [1.0 / y] + ([n / y] if layered else []))
         rhs.append(1.0)
     ridge = np.sqrt(ridge)
-    scale = np.maximum(np.abs(prior), [1e-9] * len(types) + [0.01])  # the overhead: loosely, in 10 ms units
+    # loose units for the fixed costs: the overhead in 10 ms, the per-layer cost in 1 ms
+    scale = np.maximum(np.abs(prior), [1e-9] * len(types) + [0.01] + ([0.001] if layered else []))
     for j in range(len(prior)):
         row = [0.0] * len(prior)
         row[j] = ridge / scale[j]
         rows.append(row)
         rhs.append(ridge * prior[j] / scale[j])
-    theta = np.linalg.lstsq(np.array(rows), np.array(rhs), rcond=None)[0]
-    theta[:-1] = np.maximum(theta[:-1], 0.05 * prior[:-1])  # no type faster than 20x its default
-    over = max(float(theta[-1]), 0.0)
+    a = np.array(rows)
+    theta = np.linalg.lstsq(a, np.array(rhs), rcond=None)[0]
+    k = len(types)
+    theta[:k] = np.maximum(theta[:k], 0.05 * prior[:k])  # no type faster than 20x its default
+    theta[k:] = np.maximum(theta[k:], 0.0)
+    over = float(theta[k])
+    per_layer = float(theta[k + 1]) if layered else None
+    fitted = a[:len(pts)] @ theta  # fitted / measured seconds, per record
+    ratios = sorted(float(f) for f in fitted)  # = measured tok/s / fitted tok/s
     type_eta = {t: 1.0 / float(theta[i]) for i, t in enumerate(types)}
     factors = {t: round(type_eta[t] / eta, 4) for t in types}
     scale_med = statistics.median(type_eta[t] / (eta * qf.get(t, 1.0)) for t in types)
     offset = int(statistics.median(mem)) if mem else 0
+    calibrated = sum(1 for r in records if r.origin == "calibration")
     return DeviceFit(
         eta_scale=round(scale_med, 4), overhead_s=round(over, 6), family_factors=factors, memory_offset_bytes=offset,
-        records=len(pts), source=f"fitted on {len(pts)} measurement(s) of this device: efficiency x{scale_med:.2f} "
-                                 f"(median over {len(types)} tensor types), overhead {over * 1000:.2f} ms/token",
+        records=len(pts), per_layer_overhead_s=round(per_layer, 7) if per_layer is not None else None,
+        bandwidth_bytes_per_s=statistics.median(rates), calibrated=calibrated,
+        spread=(_quantile(ratios, 0.1), _quantile(ratios, 0.9)),
+        source=f"fitted on {len(pts)} measurement(s) of this device"
+               + (f" ({calibrated} from its first-contact calibration)" if calibrated else "")
+               + f": efficiency x{scale_med:.2f} (median over {len(types)} tensor types), overhead {over * 1000:.2f} ms/token"
+               + (f" + {per_layer * 1e6:.1f} us/layer" if per_layer is not None else ""),
     )
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    """Linear interpolation between order statistics (numpy's default), on a sorted list."""
+    if not sorted_values:
+        return 1.0
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 # --- defaults from published measurements -----------------------------------------------------

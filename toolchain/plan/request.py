@@ -163,9 +163,12 @@ def _check_prediction(p: Prediction, where: str, at: str) -> None:
     _check(p.decode_tokens_per_s > 0, where, f"{at}.decode_tokens_per_s", p.decode_tokens_per_s, "should be above 0")
     _check(p.decode_ms_per_token > 0, where, f"{at}.decode_ms_per_token", p.decode_ms_per_token, "should be above 0")
     for name in ("prefill_tokens_per_s", "efficiency", "per_token_overhead_s", "peak_memory_bytes", "weights_bytes", "kv_bytes",
-                 "compute_bytes", "overhead_bytes", "bytes_per_token", "streamed_bytes_per_token", "bench_rss_bytes", "repack_bytes"):
+                 "compute_bytes", "overhead_bytes", "bytes_per_token", "streamed_bytes_per_token", "bench_rss_bytes", "repack_bytes", "n_layer",
+                 "decode_tokens_per_s_low", "decode_tokens_per_s_high"):
         value = getattr(p, name)
         _check(value >= 0, where, f"{at}.{name}", value, "should be 0 or more")
+    _check(p.decode_tokens_per_s_low <= p.decode_tokens_per_s_high, where, f"{at}.decode_tokens_per_s_low", p.decode_tokens_per_s_low,
+           "should not be above decode_tokens_per_s_high")
     for t, n in p.bytes_by_type.items():
         _check(n >= 0, where, f"{at}.bytes_by_type[{t!r}]", n, "should be 0 or more")
 

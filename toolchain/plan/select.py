@@ -194,7 +194,9 @@ def _predict(w: Weights, entry: ModelEntry, ctx: int, kv_type: str, speed: Speed
     bench = mem.bench_bytes + speed.memory_offset_bytes
     if cap is not None:  # streaming: the page cache takes whatever RAM is left
         peak, bench = min(peak, cap), min(bench, cap)
+    lo, hi = speed.interval
     return Prediction(
+        decode_tokens_per_s_low=round(lo / seconds, 3), decode_tokens_per_s_high=round(hi / seconds, 3), n_layer=a.n_layer,
         decode_tokens_per_s=round(1.0 / seconds, 3),
         decode_ms_per_token=round(seconds * 1000.0, 3),
         prefill_tokens_per_s=round(prefill_tokens_per_s(active_params(entry), speed), 1),

@@ -343,6 +343,7 @@ class SpeedBasis:
     backend: str = "cpu"
     per_layer_overhead_s: float = 0.0  # graph ops and thread barriers, per layer per token
     memory_offset_bytes: int = 0  # this device's measured-minus-predicted RSS, added to predictions
+    interval: tuple[float, float] = (1.0, 1.0)  # measured / predicted tok/s expected within (low, high)
 
     def factor(self, family: str) -> float:
         return dict(self.quant_factors).get(family, 1.0)

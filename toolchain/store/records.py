@@ -75,6 +75,8 @@ class DeviceMeasurement:
     measured_peak_bytes: int | None = None
     family: str = ""  # kernel family of the bulk of the weights (Q4_K)
     bytes_by_type: dict[str, int] = field(default_factory=dict)  # bytes_per_token split by ggml type
+    n_layer: int = 0  # of the measured model (0: not recorded, older rows)
+    origin: str = "run"  # "run": a shipped run; "calibration": the first-contact benchmark
 
 
 def default_url() -> str:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 VERSION_TABLE = "edgedeploy_alembic_version"  # not alembic_version: a shared PostgreSQL database may hold others
 # The newest migration: History.open skips Alembic (and its import) when the database is at it.
 # tests/test_store.py checks it against migrations/versions/.
-HEAD_REVISION = "0002"
+HEAD_REVISION = "0003"
 
 metadata = sa.MetaData()
 
@@ -74,4 +74,6 @@ device_measurements = sa.Table(
     sa.Column("family", sa.String(40), nullable=False),
     sa.Column("bytes_by_type", sa.JSON, nullable=False),
     sa.Column("bandwidth_bytes_per_s", sa.Float, nullable=False),
+    sa.Column("n_layer", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("origin", sa.String(20), nullable=False, server_default="run"),
 )
