@@ -51,8 +51,8 @@ def _result(**over: object) -> str:
 ])
 def test_results_from_the_device_are_checked(line: str) -> None:
     good = _result()
-    results, wall = parse_results("\n".join([good, line, json.dumps({"done": True, "wall_s": 12.5})]))
-    assert [r["model"] for r in results] == ["calibration-Q4_K"] and wall == 12.5
+    results, wall, load = parse_results("\n".join([good, line, json.dumps({"done": True, "wall_s": 12.5, "load_after": 3.5})]))
+    assert [r["model"] for r in results] == ["calibration-Q4_K"] and wall == 12.5 and load == 3.5
 
 
 def test_the_fit_separates_per_token_and_per_layer_costs() -> None:

@@ -12,7 +12,7 @@ from toolchain.core.nouns import Budget
 from toolchain.core.units import parse_rate, parse_size
 from toolchain.models.catalog import _load_entry, check_quant, load_catalog, lookup
 from toolchain.plan import calibration
-from toolchain.plan.basis import DEFAULT_EFFICIENCY, Overrides, build_basis
+from toolchain.plan.basis import DEFAULT_EFFICIENCY, PER_LAYER_S, Overrides, build_basis
 from toolchain.plan.boards import load_boards, lookup_board
 from toolchain.plan.select import Option, PlanOptions, make_plan
 
@@ -49,7 +49,8 @@ def test_backend_changes_efficiency_and_bandwidth() -> None:
     # the CPU cores cannot pull what the GPU does
     assert cpu.bandwidth_bytes_per_s * cpu.efficiency < cuda.bandwidth_bytes_per_s * cuda.efficiency
     assert cuda.efficiency == DEFAULT_EFFICIENCY[("jetson", "cuda")][0] != cpu.efficiency
-    assert cuda_speed.backend == "cuda" and cuda_speed.per_layer_overhead_s == 0.0
+    # kernel launches per layer: the GPU's fixed cost scales with depth too (plan/published.py fit)
+    assert cuda_speed.backend == "cuda" and cuda_speed.per_layer_overhead_s == PER_LAYER_S[("jetson", "cuda")] > 0
     metal, _, _ = basis("apple-m2-max", backend="metal")
     assert metal.efficiency == DEFAULT_EFFICIENCY[("apple-silicon", "metal")][0]
     assert metal.bandwidth_bytes_per_s == pytest.approx(400e9 * 0.7)
@@ -146,3 +147,15 @@ def test_catalog_file_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
     wrong.write_text(src.replace("  head_dim: 64", "  head_dim: sixty-four"))
     with pytest.raises(BadInputError, match=r"smollm2-135m-instruct\.yaml.*head_dim"):
         _load_entry(wrong)
+
+
+def test_a_spec_sheet_device_plans_from_its_class_and_peak_bandwidth() -> None:
+    from toolchain.plan.basis import UNMEASURED_CLASS_INTERVAL
+
+    b, speed, _ = build_basis(None, None, Overrides(ram_bytes=128 << 30, peak_bandwidth_bytes_per_s=273e9, device_class="unified-gpu",
+                                                    backend="cuda"), records=[])
+    assert b.bandwidth_bytes_per_s == pytest.approx(273e9 * 0.7) and "--peak-bandwidth" in b.bandwidth_source
+    assert b.device_class == "unified-gpu" and b.efficiency == DEFAULT_EFFICIENCY[("unified-gpu", "cuda")][0]
+    assert speed.interval == UNMEASURED_CLASS_INTERVAL and b.confidence == "class defaults"
+    with pytest.raises(BadInputError, match="unknown device class 'gpu'"):
+        build_basis(None, None, Overrides(ram_bytes=8 << 30, bandwidth_bytes_per_s=1e10, device_class="gpu"), records=[])

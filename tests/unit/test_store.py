@@ -170,3 +170,15 @@ def test_record_run_stores_the_uncorrected_prediction() -> None:
     m1 = calibration.measurement(facts, plan1, telemetry(1.0, p1.bench_rss_bytes))
     assert m1.predicted_decode_s == pytest.approx(s0, rel=1e-4) and m1.predicted_peak_bytes == p0.bench_rss_bytes
     assert calibration.correction(calibration.load(fp)).factor == pytest.approx(2.0, rel=1e-3)
+
+
+def test_a_new_calibration_replaces_the_last_one_and_keeps_the_runs(edgedeploy_home: Path) -> None:
+    fp = "Raspberry Pi 5|aarch64|4c|8GiB"
+    run = replace(meas(fp), model="run")
+    calibration.record_calibration([replace(meas(fp), model="cal-1", origin="calibration")])
+    with History() as h:
+        h.add_measurements([run])
+    calibration.record_calibration([replace(meas(fp), model="cal-2", origin="calibration"),
+                                    replace(meas(fp), model="cal-3", origin="calibration")])
+    calibration.record_calibration([replace(meas("other"), model="cal-x", origin="calibration")])
+    assert sorted(m.model for m in calibration.load(fp)) == ["cal-2", "cal-3", "run"]

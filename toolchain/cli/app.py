@@ -123,12 +123,13 @@ def _plan_request(budget: str | None, ttft: str | None, ctx: int | None, model: 
                   allow_low_bit: bool, offline: bool | None, board: str | None = None, ram: str | None = None,
                   bandwidth: str | None = None, storage_read: str | None = None, bandwidth_share: float = 1.0,
                   efficiency: float | None = None, backend: str = "cpu", threads: int | None = None,
-                  plan_file: Path | None = None) -> PlanRequest:
+                  plan_file: Path | None = None, peak_bandwidth: str | None = None, device_class: str | None = None) -> PlanRequest:
     from toolchain.plan.request import build_plan_request
 
     return build_plan_request(budget=budget, ttft=ttft, ctx=ctx, models=model or [], quants=quant or [], allow_low_bit=allow_low_bit,
                               offline=offline, board=board, ram=ram, bandwidth=bandwidth, storage_read=storage_read,
-                              bandwidth_share=bandwidth_share, efficiency=efficiency, backend=backend, threads=threads, plan_file=plan_file)
+                              bandwidth_share=bandwidth_share, efficiency=efficiency, backend=backend, threads=threads, plan_file=plan_file,
+                              peak_bandwidth=peak_bandwidth, device_class=device_class)
 
 
 BudgetOpt = Annotated[str | None, typer.Option(
@@ -200,7 +201,12 @@ def plan(
     budget: BudgetOpt = None, ttft: TtftOpt = None, ctx: CtxOpt = None, model: ModelOpt = None, quant: QuantOpt = None,
     allow_low_bit: LowBitOpt = False, offline: OfflineOpt = None,
     ram: Annotated[str | None, typer.Option("--ram", help="Override RAM, e.g. 8GB.")] = None,
-    bandwidth: Annotated[str | None, typer.Option("--bandwidth", help="Override read bandwidth, e.g. 17GB/s.")] = None,
+    bandwidth: Annotated[str | None, typer.Option("--bandwidth", help="Override read bandwidth (a measured read rate), e.g. 12GB/s.")] = None,
+    peak_bandwidth: Annotated[str | None, typer.Option("--peak-bandwidth", help="A spec sheet's peak memory bandwidth, e.g. 17GB/s "
+                                                       "(the basis is 70% of it).")] = None,
+    device_class: Annotated[str | None, typer.Option("--device-class", help="What the device is: sbc-cpu, x86-cpu, phone-cpu, jetson, "
+                                                     "apple-silicon, unified-gpu (DGX Spark, Ryzen AI Max) or discrete-gpu "
+                                                     "(with --ram its VRAM).")] = None,
     storage_read: Annotated[str | None, typer.Option("--storage-read", help="Storage read rate for streaming, e.g. 900MB/s.")] = None,
     bandwidth_share: Annotated[float, typer.Option("--bandwidth-share", help="Fraction of bandwidth for the model.")] = 1.0,
     efficiency: Annotated[float | None, typer.Option("--efficiency", help="Fraction of bandwidth decode reaches.")] = None,
@@ -214,7 +220,8 @@ def plan(
 
     def run() -> Any:
         req = _plan_request(budget, ttft, ctx, model, quant, allow_low_bit, offline, board, ram, bandwidth,
-                            storage_read, bandwidth_share, efficiency, backend, threads)
+                            storage_read, bandwidth_share, efficiency, backend, threads, peak_bandwidth=peak_bandwidth,
+                            device_class=device_class)
         facts, kind, tboard = None, "ssh", None
         if facts_file is not None:
             from toolchain.plan.request import load_facts
@@ -229,8 +236,9 @@ def plan(
             kind, tboard = spec.kind, spec.board
             with connect(spec) as t:
                 facts = probe_target(spec, t, deploy_root(spec, t), ui.ConsoleEvents())
-        elif board is None and (ram is None or bandwidth is None):
-            raise BadInputError("plan needs something to plan for", "give --target T, --facts FILE, --board ID, or --ram and --bandwidth")
+        elif board is None and (ram is None or (bandwidth is None and peak_bandwidth is None)):
+            raise BadInputError("plan needs something to plan for",
+                                "give --target T, --facts FILE, --board ID, or --ram with --bandwidth or --peak-bandwidth")
         return plan_for(facts, req, target_kind=kind, target_board=tboard)
 
     result = guarded(as_json, run)

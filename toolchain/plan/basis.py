@@ -13,7 +13,7 @@ from toolchain.models.catalog import ModelEntry, check_quant, entry_from_gguf, l
 from toolchain.models.gguf_reader import read_gguf
 from toolchain.models.sources import WheelSource, availability, cached_path
 from toolchain.plan import calibration
-from toolchain.plan.boards import BoardSpec
+from toolchain.plan.boards import DEVICE_CLASSES, BoardSpec
 from toolchain.plan.select import Option
 from toolchain.plan.sizing import QUANT_FACTORS, SpeedBasis, normalize_isa
 
@@ -21,54 +21,81 @@ BACKENDS = ("cpu", "cuda", "metal", "vulkan", "opencl")
 
 # Decode efficiency: the fraction of the planner's bandwidth figure (a measured read rate, else
 # 0.7 x the peak) that llama.cpp's decode reaches, per device class and backend, with the fixed
-# per-token overhead. Sources:
-#  - CPU classes: sizing.md (Pi 5 reaches 84-91 % of a 4-thread read-only STREAM,
-#    ggml-org/llama.cpp#26484; x86 85-95 %, #25976); phones lower (big.LITTLE, thermals).
-#  - jetson/cuda and apple-silicon/metal: least squares over published-benchmarks.csv
-#    (calibration.fit_published, printed by bench/accuracy.py): Jetson AGX Orin llama.cpp CUDA
-#    rows (holohub #170) and the Apple M1/M2 llama-bench Metal table (llama.cpp discussion #4167),
-#    with the bandwidth basis 0.7 x peak, as the board database gives for those boards.
+# per-token overhead a (seconds) and its per-layer part b (PER_LAYER_S): overhead = a + b x layers.
+# Sources:
+#  - sbc-cpu/cpu, jetson/cuda, apple-silicon/metal: device-weighted least squares over
+#    published-benchmarks.csv with a mild pull toward physical priors (plan/published.py; its
+#    leave-one-device-out error and coverage are printed by bench/published_lodo.py): Raspberry Pi
+#    4/400 llama-bench rows, Jetson AGX Orin CUDA rows (holohub #170), the Apple M1-M4 Metal table
+#    (llama.cpp discussion #4167). With one device each, sbc-cpu's and jetson's rest on the prior.
+#  - x86-cpu/cpu: sizing.md (x86 decode 85-95 % of a read-only STREAM, ggml-org/llama.cpp#25976).
+#  - phone-cpu/cpu: lower (big.LITTLE, thermals): an estimate until measured.
 #  - apple-silicon/cpu: M1 CPU decode >= 53.3 of 68.2 GB/s (llama.cpp#1642) = 1.1 x (0.7 x peak).
 #  - jetson/cpu: no published multi-thread figure; the A78AE cores read ~10 GB/s each
 #    single-threaded (board-facts.md, sbc-bench 87lq) and share the CPU complex's port to the
 #    memory controller: an estimate of a third of the GPU-side figure, until measured.
+#  - discrete-gpu/cuda and unified-gpu (DGX Spark, Ryzen AI Max): sizing.md's GPU figures (decode
+#    reaches about the VRAM / unified-memory peak x 0.7 basis; launches cost well under a ms).
 DEFAULT_EFFICIENCY: dict[tuple[str, str], tuple[float, float]] = {
-    ("sbc-cpu", "cpu"): (0.85, 0.0015),
+    ("sbc-cpu", "cpu"): (0.855, 0.00148),
     ("x86-cpu", "cpu"): (0.85, 0.0015),
     ("phone-cpu", "cpu"): (0.70, 0.0020),
     ("jetson", "cpu"): (0.35, 0.0015),
-    ("jetson", "cuda"): (0.85, 0.0138),
+    ("jetson", "cuda"): (0.835, 0.00314),
     ("apple-silicon", "cpu"): (1.10, 0.0015),
-    ("apple-silicon", "metal"): (1.34, 0.0063),
+    ("apple-silicon", "metal"): (1.324, 0.00185),
+    ("discrete-gpu", "cuda"): (1.0, 0.0003),
+    ("unified-gpu", "cuda"): (1.1, 0.0005),
+    ("unified-gpu", "vulkan"): (1.1, 0.0005),
 }
-GPU_FALLBACK = (0.50, 0.0100)  # vulkan/opencl and unlisted pairs: no published rows to fit
-# Measured / predicted tok/s on class defaults (a device never measured): the 10th-90th
-# percentile of leave-one-device-out residuals over published-benchmarks.csv
-# (bench/published_lodo.py prints them), widened where a class has few devices.
-CLASS_INTERVAL: dict[tuple[str, str], tuple[float, float]] = {
-    ("sbc-cpu", "cpu"): (0.7, 1.3),
-    ("x86-cpu", "cpu"): (0.6, 1.5),
-    ("phone-cpu", "cpu"): (0.5, 1.5),
-    ("jetson", "cpu"): (0.5, 1.6),
-    ("jetson", "cuda"): (0.6, 1.5),
-    ("apple-silicon", "cpu"): (0.6, 1.5),
-    ("apple-silicon", "metal"): (0.65, 1.4),
-}
-GPU_FALLBACK_INTERVAL = (0.4, 2.0)
-# Per-layer share of the fixed overhead on CPUs (graph ops and thread barriers per layer), in
-# seconds; fitted on this project's x86 measurements (bench/accuracy.py) and refined per device.
+GPU_FALLBACK = (0.50, 0.0100)  # opencl and unlisted pairs: no published rows, no prior
+# Per-layer part of the fixed cost on CPUs (graph ops and thread barriers per layer), in seconds;
+# fitted on this project's x86 measurements (bench/accuracy.py) and refined per device (the
+# first-contact calibration measures it). GPUs: kernel launches and synchronisation per layer.
 PER_LAYER_OVERHEAD_S = 0.00003
+PER_LAYER_S: dict[tuple[str, str], float] = {
+    ("jetson", "cuda"): 0.000240, ("apple-silicon", "metal"): 0.000144,
+    ("discrete-gpu", "cuda"): 0.000010, ("unified-gpu", "cuda"): 0.000020, ("unified-gpu", "vulkan"): 0.000020,
+}
+# Measured / predicted tok/s on class defaults (a device never measured): the 10th-90th
+# percentile of leave-one-device-out residuals over published-benchmarks.csv, widened by
+# 1 + 1/sqrt(devices) + 1/sqrt(models) (plan/published.py; bench/published_lodo.py prints them).
+# A class without a published device gets how far the priors miss on the known ones.
+CLASS_INTERVAL: dict[tuple[str, str], tuple[float, float]] = {
+    ("sbc-cpu", "cpu"): (0.78, 1.18),
+    ("jetson", "cuda"): (0.76, 1.18),
+    ("apple-silicon", "metal"): (0.78, 1.18),
+}
+UNMEASURED_CLASS_INTERVAL = (0.79, 1.27)  # a class with a prior but no published device
+GPU_FALLBACK_INTERVAL = (0.4, 2.0)  # no prior either
+
+
+def per_layer_default(dev_class: str, backend: str) -> float:
+    return PER_LAYER_OVERHEAD_S if backend == "cpu" else PER_LAYER_S.get((dev_class, backend), 0.0)
+
+
+def class_interval(dev_class: str, backend: str) -> tuple[float, float]:
+    if (dev_class, backend) in CLASS_INTERVAL:
+        return CLASS_INTERVAL[(dev_class, backend)]
+    return UNMEASURED_CLASS_INTERVAL if (dev_class, backend) in DEFAULT_EFFICIENCY else GPU_FALLBACK_INTERVAL
+
+
 # Prefill FLOPs per cycle per core with batched kernels; wide = SIMD dot products (AVX2/AVX-512,
 # Armv8.2 dotprod/i8mm, SVE).
 FLOPS_PER_CYCLE = {"wide": 32.0, "narrow": 8.0}
 DEFAULT_MHZ = 2000.0
-UNIFIED_MEMORY_CLASSES = ("jetson", "apple-silicon")  # the GPU uses the same RAM and bandwidth
+UNIFIED_MEMORY_CLASSES = ("jetson", "apple-silicon", "unified-gpu")  # the GPU uses the same RAM and bandwidth
+
+
+PEAK_FRACTION = 0.7  # of a spec sheet's peak bandwidth, as the board database takes it without a measured read
 
 
 @dataclass(frozen=True)
 class Overrides:
     ram_bytes: int | None = None
     bandwidth_bytes_per_s: float | None = None
+    peak_bandwidth_bytes_per_s: float | None = None  # a spec sheet's figure: the basis is PEAK_FRACTION of it
+    device_class: str | None = None
     storage_read_bytes_per_s: float | None = None
     bandwidth_share: float = 1.0
     efficiency: float | None = None
@@ -81,28 +108,31 @@ def build_basis(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides,
     """Returns (basis shown to the user, speed basis for the model, decode threads).
 
     records: this device's stored measurements (default: loaded by the facts' fingerprint)."""
-    if facts is None and board is None and (ov.ram_bytes is None or ov.bandwidth_bytes_per_s is None):
-        raise BadInputError("no target, board or --ram/--bandwidth to plan for", "give --target, --board ID, or both --ram and --bandwidth")
+    if facts is None and board is None and (ov.ram_bytes is None or (ov.bandwidth_bytes_per_s is None and ov.peak_bandwidth_bytes_per_s is None)):
+        raise BadInputError("no target, board or --ram/--bandwidth to plan for",
+                            "give --target, --board ID, or --ram with --bandwidth (measured) or --peak-bandwidth (spec sheet)")
     if ov.backend not in BACKENDS:
         raise BadInputError(f"unknown backend {ov.backend!r}", f"use one of {', '.join(BACKENDS)}")
-    dev_class = board.device_class if board else _device_class(facts)
+    if ov.device_class is not None and ov.device_class not in DEVICE_CLASSES:
+        raise BadInputError(f"unknown device class {ov.device_class!r}", f"use one of {', '.join(DEVICE_CLASSES)}")
+    dev_class = ov.device_class or (board.device_class if board else _device_class(facts))
     if ov.backend != "cpu" and board is not None and ov.backend not in board.backends:
         raise BadInputError(f"backend {ov.backend} is not usable on {board.id}", f"usable backends: {', '.join(board.backends)}")
     if ov.backend != "cpu" and board is None and facts is not None and not _facts_have_backend(facts, ov.backend):
         raise BadInputError(f"backend {ov.backend} is not usable on {facts.target} (the probe found no such llama.cpp backend)",
                             "plan with --backend cpu, or install a llama-cpp-python built for it")
     usable = _usable(facts, board, ov)
-    bw, bw_src = _bandwidth(facts, board, ov)
+    bw, bw_src = _bandwidth(facts, board, ov, dev_class)
     eta_default, overhead = DEFAULT_EFFICIENCY.get((dev_class, ov.backend), GPU_FALLBACK)
     eff = ov.efficiency if ov.efficiency is not None else eta_default
     eff_src = "--efficiency" if ov.efficiency is not None else f"default for {dev_class}/{ov.backend}"
     factors = dict(QUANT_FACTORS) if ov.backend == "cpu" else {}
     if records is None:
         records = calibration.load(calibration.fingerprint(facts)) if facts is not None else []
-    per_layer = PER_LAYER_OVERHEAD_S if ov.backend == "cpu" else 0.0
+    per_layer = per_layer_default(dev_class, ov.backend)
     fit = calibration.fit_device(records, eff, overhead, factors, per_layer_s=per_layer)
     mem_offset = 0
-    confidence, interval = "class defaults", CLASS_INTERVAL.get((dev_class, ov.backend), GPU_FALLBACK_INTERVAL)
+    confidence, interval = "class defaults", class_interval(dev_class, ov.backend)
     if fit.records and ov.efficiency is None:
         # family_factors are relative to the default eff; re-express them against the fitted one
         new_eff = eff * fit.eta_scale
@@ -157,7 +187,7 @@ def uncorrected_decode_s(basis: Basis, pred: Prediction) -> float:
     storage = basis.storage_read_bytes_per_s
     stream = pred.streamed_bytes_per_token / storage if pred.streamed_bytes_per_token and storage else 0.0
     if pred.n_layer:
-        per_layer = (PER_LAYER_OVERHEAD_S if basis.backend == "cpu" else 0.0) * pred.n_layer  # the default, not this device's fit
+        per_layer = per_layer_default(basis.device_class, basis.backend) * pred.n_layer  # the default, not this device's fit
     else:  # a plan written before predictions carried their layer count
         per_layer = max(0.0, pred.per_token_overhead_s - basis.per_token_overhead_s)
     return mem + stream + overhead + per_layer
@@ -172,10 +202,12 @@ def _usable(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides) -> 
     return int(board.ram_bytes * 0.8)  # OS, desktop and caches: a board database has no MemAvailable
 
 
-def _bandwidth(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides) -> tuple[float, str]:
-    gpu_unified = ov.backend in ("cuda", "metal", "vulkan") and board is not None and board.device_class in UNIFIED_MEMORY_CLASSES
+def _bandwidth(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides, dev_class: str) -> tuple[float, str]:
+    gpu_unified = ov.backend in ("cuda", "metal", "vulkan") and board is not None and dev_class in UNIFIED_MEMORY_CLASSES
     if ov.bandwidth_bytes_per_s is not None:
         bw, src = ov.bandwidth_bytes_per_s, "--bandwidth"
+    elif ov.peak_bandwidth_bytes_per_s is not None:
+        bw, src = ov.peak_bandwidth_bytes_per_s * PEAK_FRACTION, f"--peak-bandwidth x {PEAK_FRACTION:g} (a spec sheet's peak)"
     elif gpu_unified and board is not None:
         # the GPU reaches the memory controller's bandwidth; a CPU read probe does not show it
         bw, src = board.peak_bandwidth_bytes_per_s * 0.7, f"board database {board.id}: 70% of peak for the {ov.backend} GPU ({board.source})"

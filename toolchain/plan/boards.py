@@ -9,6 +9,9 @@ from toolchain.core.config import field, load_yaml, unknown_name
 from toolchain.core.errors import BadInputError
 from toolchain.core.paths import targets_dir
 
+# What a device is, as the planner's defaults know it (board files' device_class, `plan --device-class`).
+DEVICE_CLASSES = ("sbc-cpu", "x86-cpu", "phone-cpu", "jetson", "apple-silicon", "unified-gpu", "discrete-gpu")
+
 
 @dataclass(frozen=True)
 class BoardSpec:
@@ -41,6 +44,9 @@ def _load(path: Path) -> BoardSpec:
         raise BadInputError(f"{w}: cpu.clusters should be a non-empty list of mappings", "see other board files")
     storage = d.get("storage") or {}
     srcs = d.get("sources") or {}
+    if field(d, "device_class", str, w) not in DEVICE_CLASSES:
+        raise BadInputError(f"{w}: device_class {d['device_class']!r} is not one of {', '.join(DEVICE_CLASSES)}",
+                            "pick the class whose defaults fit the device (toolchain/plan/basis.py DEFAULT_EFFICIENCY)")
     return BoardSpec(
         id=field(d, "id", str, w), name=field(d, "name", str, w),
         device_class=field(d, "device_class", str, w), ram_bytes=field(d, "ram_bytes", int, w),

@@ -85,10 +85,10 @@ def record_run(facts: HostFacts, plan: Plan, telemetry: Telemetry, url: str | No
         h.add_measurements([measurement(facts, plan, telemetry)])
 
 
-def record_measurements(records: list[DeviceMeasurement], url: str | None = None) -> None:
-    """Store measurements made outside a shipped run (the first-contact calibration)."""
+def record_calibration(records: list[DeviceMeasurement], url: str | None = None) -> None:
+    """Store a device's first-contact calibration, in place of any earlier one of it."""
     with _open(url) as h:
-        h.add_measurements(records)
+        h.add_measurements(records, replacing_origin="calibration")
 
 
 def measurement(facts: HostFacts, plan: Plan, telemetry: Telemetry, at: datetime | None = None) -> DeviceMeasurement:

@@ -42,6 +42,7 @@ def build_plan_request(
     quants: list[str] | tuple[str, ...] = (), allow_low_bit: bool = False, offline: bool | None = None, board: str | None = None,
     ram: str | None = None, bandwidth: str | None = None, storage_read: str | None = None, bandwidth_share: float = 1.0,
     efficiency: float | None = None, backend: str = "cpu", threads: int | None = None, plan_file: Path | None = None,
+    peak_bandwidth: str | None = None, device_class: str | None = None,
 ) -> PlanRequest:
     """User text -> PlanRequest. Raises BadInputError naming the option (callers add where it came from)."""
     if ctx is not None and ctx < 16:
@@ -63,12 +64,24 @@ def build_plan_request(
     ov = Overrides(
         ram_bytes=parse_size(ram, "--ram") if ram else None,
         bandwidth_bytes_per_s=parse_rate(bandwidth, "--bandwidth") if bandwidth else None,
+        peak_bandwidth_bytes_per_s=parse_rate(peak_bandwidth, "--peak-bandwidth") if peak_bandwidth else None,
+        device_class=_device_class(device_class),
         storage_read_bytes_per_s=parse_rate(storage_read, "--storage-read") if storage_read else None,
         bandwidth_share=bandwidth_share, efficiency=efficiency, backend=backend, threads=threads,
     )
     return PlanRequest(budget=resolve_budget(budget or DEFAULT_BUDGET, ttft), budget_given=budget is not None, plan_file=plan_file,
                        ctx=ctx, models=tuple(ids), quants=tuple(quants), paths=tuple(paths), allow_low_bit=allow_low_bit,
                        offline=offline, overrides=ov, board=board)
+
+
+def _device_class(name: str | None) -> str | None:
+    from toolchain.plan.boards import DEVICE_CLASSES
+
+    if name is not None and name not in DEVICE_CLASSES:
+        from toolchain.core.config import unknown_name
+
+        raise unknown_name("device class", name, DEVICE_CLASSES, f"--device-class is one of {', '.join(DEVICE_CLASSES)}")
+    return name
 
 
 def resolve_budget(text: str, ttft: str | None = None) -> Budget:

@@ -61,7 +61,7 @@ def calibrate(transport: Transport, root: str, python: str, facts: HostFacts, ev
         transport.get(f"{remote}/results.jsonl", local, max_bytes=MAX_RESULTS_BYTES)
     except (TargetError, OSError):
         local.write_text("")
-    results, wall = parse_results(local.read_text(errors="replace"))
+    results, wall, load = parse_results(local.read_text(errors="replace"))
     if res.exit_status != 0 or not results:
         raise TargetError(f"calibration on {facts.target} failed (exit {res.exit_status})"
                           + (f": {res.tail().splitlines()[-1]}" if res.tail() else ""),
@@ -73,11 +73,14 @@ def calibrate(transport: Transport, root: str, python: str, facts: HostFacts, ev
                                  bandwidth_bytes_per_s=bandwidth_bytes_per_s, threads=r["threads"], ctx=r["ctx"],
                                  family=r["family"], bytes_by_type=dict(r["bytes_by_type"]), n_layer=r["n_layer"],
                                  origin="calibration") for r in results]
-    calibration.record_measurements(records)
+    calibration.record_calibration(records)
     total = time.monotonic() - start
     rates = [f"{r.quant} {r.bytes_per_token / r.measured_decode_s / 1e9:.1f} GB/s" for r in records if not _tiny(r)]
     fixed = [f"{r.n_layer} tiny layers {r.measured_decode_s * 1000:.2f} ms" for r in records if _tiny(r)]
     events.log(f"  calibrated in {wall:.1f} s on the device ({total:.1f} s in all): {', '.join(rates + fixed)}")
+    if load > threads + 1.0:  # its own decode threads count ~threads; more is other work
+        events.log(f"  warning: the device was busy while it was calibrated (load average {load:.1f} with {threads} decode "
+                   f"thread(s)); its figures may be low: `edgedeploy probe --calibrate` on a quiet device measures again")
     return Calibration(records, wall, total)
 
 
@@ -85,10 +88,11 @@ def _tiny(r: DeviceMeasurement) -> bool:
     return r.model.endswith("l")  # calibration-F16-2l: the fixed-cost models
 
 
-def parse_results(text: str) -> tuple[list[CalibrationResult], float]:
-    """The device's JSON lines: measured models (checked: types, finite positive numbers) and the wall time."""
+def parse_results(text: str) -> tuple[list[CalibrationResult], float, float]:
+    """The device's JSON lines: measured models (checked: types, finite positive numbers), the wall
+    time and the highest load average seen around it."""
     out: list[CalibrationResult] = []
-    wall = 0.0
+    wall = busy = 0.0
     for line in text.splitlines()[:1000]:
         try:
             doc = json.loads(line)
@@ -98,12 +102,14 @@ def parse_results(text: str) -> tuple[list[CalibrationResult], float]:
             continue
         if doc.get("done") is True and isinstance(doc.get("wall_s"), (int, float)):
             wall = float(doc["wall_s"])
+            loads = [float(v) for k in ("load_before", "load_after") if isinstance(v := doc.get(k), (int, float)) and math.isfinite(v)]
+            busy = max(loads, default=0.0)
             continue
         r = typed_dict_from(CalibrationResult, doc)
         if r is None or not _sane(r):
             continue
         out.append(r)
-    return out, wall
+    return out, wall, busy
 
 
 def _sane(r: CalibrationResult) -> bool:

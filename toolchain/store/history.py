@@ -122,11 +122,16 @@ class History:
                 conn.execute(board_results.insert(), rows)
         return run_id
 
-    def add_measurements(self, items: Sequence[DeviceMeasurement]) -> None:
+    def add_measurements(self, items: Sequence[DeviceMeasurement], *, replacing_origin: str | None = None) -> None:
+        """Store items; with replacing_origin, the devices' earlier records of that origin go in the
+        same transaction (a new calibration replaces the last one; shipped runs are kept)."""
         if not items:
             return
+        t = device_measurements
         with self.engine.begin() as conn:
-            conn.execute(device_measurements.insert(), [asdict(m) for m in items])
+            if replacing_origin is not None:
+                conn.execute(t.delete().where(t.c.fingerprint.in_({m.fingerprint for m in items}), t.c.origin == replacing_origin))
+            conn.execute(t.insert(), [asdict(m) for m in items])
 
     # --- reading ----------------------------------------------------------------------------
 
