@@ -45,6 +45,7 @@ DEFAULT_EFFICIENCY: dict[tuple[str, str], tuple[float, float]] = {
     ("apple-silicon", "cpu"): (1.10, 0.0015),
     ("apple-silicon", "metal"): (1.324, 0.00185),
     ("discrete-gpu", "cuda"): (1.0, 0.0003),
+    ("unified-gpu", "cpu"): (0.6, 0.0015),  # estimate: a CPU complex reads well under a wide unified bus's peak
     ("unified-gpu", "cuda"): (1.1, 0.0005),
     ("unified-gpu", "vulkan"): (1.1, 0.0005),
 }
