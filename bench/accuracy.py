@@ -45,7 +45,6 @@ from toolchain.plan.select import Option, PlanOptions, make_plan  # noqa: E402
 SMOL_LADDER = ("Q4_1", "Q8_0", "Q6_K", "Q4_K_M", "Q2_K", "F16")
 SYNTH_QUANTS = ("F16", "Q8_0", "Q4_K_M", "Q4_0")
 CTX = 4096
-PUBLISHED = REPO.parent / "shared" / "reference" / "published-benchmarks.csv"
 
 # --- measuring: the real runner, then the resident need -----------------------------------
 
@@ -232,14 +231,7 @@ def main() -> int:
     t_start = time.monotonic()
     log = lambda m: print(f"  {m}", file=sys.stderr)
 
-    print("== default efficiencies per device class, fitted on published-benchmarks.csv")
-    if PUBLISHED.exists():
-        for f in calibration.fit_published(PUBLISHED):
-            fams = ", ".join(f"{k} {v:.2f}" for k, v in sorted(f.family_factors.items()))
-            print(f"  {f.device_class:<20} eta {f.efficiency:.3f} overhead {f.overhead_s * 1000:5.1f} ms/token  "
-                  f"rows {f.rows:3d}  median |err| tok/s {f.median_abs_error:.1%}" + (f"  families: {fams}" if fams else ""))
-    else:
-        print(f"  ({PUBLISHED} not found: skipped)")
+    print("== class defaults on published devices (leave-one-device-out): bench/published_lodo.py")
 
     facts = local_facts()
     threads = facts.cpu.recommended_threads

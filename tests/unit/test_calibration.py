@@ -40,7 +40,7 @@ def test_calibration_models_are_sized_to_the_cache_and_to_free_memory() -> None:
 
 def _result(**over: object) -> str:
     doc = {"model": "calibration-Q4_K", "family": "Q4_K", "n_layer": 21, "bytes_per_token": 1000, "bytes_by_type": {"Q4_K": 1000},
-           "decode_s": 0.01, "decode_s_p90": 0.012, "threads": 2, "ctx": 256}
+           "rows_per_token": 5000, "decode_s": 0.01, "decode_s_p90": 0.012, "threads": 2, "ctx": 256}
     doc.update(over)
     return json.dumps(doc)
 

@@ -106,20 +106,6 @@ def test_stored_measurements_refine_the_next_plan() -> None:
     assert "Q4_K" not in fit.family_factors
 
 
-def test_published_fit_gives_class_defaults(tmp_path: Path) -> None:
-    csv = tmp_path / "pub.csv"
-    rows = ["device,ram_gb,soc,mem_bw_gbs_measured,mem_bw_gbs_peak,model,params_b,quant,file_gb,threads,backend,pp_tps,tg_tps,source"]
-    for size in (0.5, 1.0, 2.0, 4.0):
-        tg = 1.0 / (size / (10 * 0.8) + 0.01)  # eta 0.8 of 10 GB/s, 10 ms overhead
-        rows.append(f"Board,,x,10,,m,1,Q4_0,{size},4,llama.cpp CPU,1,{tg},src")
-    rows.append("Mac,,M,,100,m,1,Q4_0,4,,llama.cpp Metal,1,10,src")
-    csv.write_text("\n".join(rows) + "\n")
-    fits = {f.device_class: f for f in calibration.fit_published(csv)}
-    assert fits["sbc-cpu/cpu"].efficiency == pytest.approx(0.8, rel=1e-2)
-    assert fits["sbc-cpu/cpu"].overhead_s == pytest.approx(0.01, rel=1e-2) and fits["sbc-cpu/cpu"].rows == 4
-    assert "apple-silicon/metal" in fits
-
-
 def test_unknown_model_quant_and_board_list_close_matches() -> None:
     with pytest.raises(BadInputError, match="close matches: llama-3-8b-instruct"):
         lookup(load_catalog(), "lama-3-8b-instruct")

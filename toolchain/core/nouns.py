@@ -229,6 +229,7 @@ class Prediction:
     per_token_overhead_s: float = 0.0
     bytes_by_type: dict[str, int] = field(default_factory=dict)  # bytes_per_token split by ggml type
     n_layer: int = 0  # of the model: the fixed per-token cost is paid per layer
+    rows_per_token: int = 0  # matrix rows its matmuls produce per token (a cost per row, beyond the bytes)
     # How sure: the decode rate is expected within [low, high] (the 10th-90th percentile of what
     # the basis was fitted on, widened where it rests on few measurements); 0: not stated.
     decode_tokens_per_s_low: float = 0.0
@@ -350,7 +351,35 @@ class Telemetry:
     decode_tokens: int = 0
     temperature_before_c: float | None = None
     temperature_after_c: float | None = None
+    # what else ran on the device during the timed part (older runners: unknown)
+    bench_wall_s: float = 0.0
+    other_cpu_s: float | None = None
+    steal_s: float | None = None
+    throttled_during: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def median_decode_tokens_per_s(self) -> float:
+        """The robust rate: 1000 / p50 (a few stalls from other work move the mean, not this)."""
+        return 1000.0 / self.decode_ms_p50 if self.decode_ms_p50 > 0 else self.decode_tokens_per_s
+
+    def busy(self) -> str | None:
+        """Why the measurement is not of this model alone, in words; None when the device was quiet."""
+        if self.bench_wall_s <= 0:
+            return None
+        why = []
+        if self.other_cpu_s is not None and self.other_cpu_s / self.bench_wall_s > BUSY_OTHER_CPU_SHARE:
+            why.append(f"other processes used {self.other_cpu_s / self.bench_wall_s:.0%} of a core")
+        if self.steal_s is not None and self.steal_s / self.bench_wall_s > BUSY_STEAL_SHARE:
+            why.append(f"the hypervisor took {self.steal_s / self.bench_wall_s:.0%} of a core")
+        if self.throttled_during and self.throttled_during & 0xF:  # vcgencmd's "now" bits, not "since boot"
+            why.append(f"the board was throttled (get_throttled 0x{self.throttled_during:x})")
+        return "; ".join(why) or None
+
+
+# During a bench, other processes' CPU time above a quarter of one core (or steal above 5 %)
+# slows a bandwidth-bound decode measurably: such a measurement says "the board was busy".
+BUSY_OTHER_CPU_SHARE, BUSY_STEAL_SHARE = 0.25, 0.05
 
 
 @dataclass(frozen=True)

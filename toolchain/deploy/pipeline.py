@@ -39,7 +39,7 @@ from toolchain.verdict.report import (
     new_run_dir,
     write_reports,
 )
-from toolchain.verdict.validate import failed_run_verdict
+from toolchain.verdict.validate import failed_run_verdict, missed_on_noise
 
 
 @dataclass(frozen=True)
@@ -240,8 +240,18 @@ def _deploy(transport: Transport, req: DeployRequest, events: Events, run: _Run)
     run.telemetry = tel
 
     stage("validate")
-    verdict = validate(tel, sel, plan.budget, usable_memory_bytes=facts.memory.usable_bytes, shipped_sha256=sha,
-                       strict_prediction=req.strict_prediction)
+
+    def judge(t: Telemetry) -> Verdict:
+        return validate(t, sel, plan.budget, usable_memory_bytes=facts.memory.usable_bytes, shipped_sha256=sha,
+                        strict_prediction=req.strict_prediction)
+
+    verdict = judge(tel)
+    if missed_on_noise(verdict, tel):
+        events.log(f"  the board was busy during the measurement ({tel.busy()}): measuring once more")
+        again = run_bench(transport, release, python=python, run_dir=run.run_dir, extra_args=sustained).telemetry
+        if again is not None and (again.busy() is None or again.median_decode_tokens_per_s > tel.median_decode_tokens_per_s):
+            tel = run.telemetry = again
+            verdict = judge(tel)
     run.verdict = verdict
     calibration.record_run(facts, plan, tel)  # every shipped run is a measurement of the device
     if verdict.passed or req.force:

@@ -11,7 +11,8 @@ on what llama.cpp does there rather than on a memchr read rate:
      Q4_0 weights) and to a third of the free memory at most;
   2. quantizes it on the device (llama_model_quantize, "pure": every tensor in the family's own
      type) into each kernel family the planner predicts: Q4_K, Q6_K, Q8_0, Q4_0 (F16 is the file);
-  3. writes two tiny F16 models (2 and 24 layers) whose time is almost all fixed cost;
+  3. writes a deep F16 model (a small model's layers, three times as many: the cost per layer)
+     and a tiny 2-layer one whose time is almost all the fixed per-token cost;
   4. decodes WARMUP + TOKENS tokens on each, one at a time, twice (the second pass in reverse
      order), and reports the faster median seconds per token, with the bytes each token reads
      split by ggml type; the load average before and after says whether the device was busy.
@@ -64,6 +65,7 @@ class CalibrationResult(TypedDict):
     n_layer: int
     bytes_per_token: int  # weights read per decoded token
     bytes_by_type: dict[str, int]
+    rows_per_token: int  # matrix rows the token's matmuls produce
     decode_s: float  # median seconds per token
     decode_s_p90: float
     threads: int
@@ -89,6 +91,10 @@ class Shape:
         out.append(("output_norm.weight", (e,)))
         return out  # tied embeddings: token_embd is also the output projection
 
+    def rows(self) -> int:
+        """Matrix rows one token's matmuls produce (token_embd too: it is the tied output)."""
+        return sum(dims[1] for _name, dims in self.tensors() if len(dims) > 1)
+
     def bytes_by_type(self, family: str) -> dict[str, int]:
         """What one decoded token reads: every weight (token_embd too: it is the tied output)."""
         by: dict[str, int] = {}
@@ -103,6 +109,10 @@ class Shape:
 # Calibration layers: a small model's shape (n_ff and n_embd multiples of 256, as K-quants need).
 BIG = dict(n_embd=1024, n_head=16, n_head_kv=4, n_ff=2816)
 TINY = dict(n_embd=128, n_head=2, n_head_kv=2, n_ff=256)
+# A small model's layers (SmolLM2-135M's shape), three times as many as BIG's at about its bytes:
+# beside BIG it tells the cost per layer of layers read from memory (each op's ramp-up and thread
+# barrier; measured here at ~0.1 ms, three times what the same ops cost on layers held in cache).
+DEEP = dict(n_embd=576, n_head=9, n_head_kv=3, n_ff=1536)
 
 
 # --- a minimal GGUF v3 writer -------------------------------------------------------------------
@@ -260,7 +270,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             if fam != "F16":
                 quantize(f16, path, fam, args.threads)
             models.append((f"calibration-{fam}", fam, big, path))
-        for layers in (2, 24):
+        per_layer_deep = sum(Shape(1, **DEEP).bytes_by_type("F16").values())
+        deep = Shape(max(2, min(3 * n_big, free // 3 // per_layer_deep)), **DEEP)
+        path = os.path.join(args.work, "deep.gguf")
+        write_gguf(path, deep, seed=1)
+        models.append(("calibration-F16-deep", "F16", deep, path))
+        for layers in (2,):
             tiny = Shape(layers, **TINY)
             path = os.path.join(args.work, f"tiny-{layers}.gguf")
             write_gguf(path, tiny, seed=layers)
@@ -277,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, fam, shape, _path in models:
             by = shape.bytes_by_type(fam)
             result: CalibrationResult = {"model": name, "family": fam, "n_layer": shape.n_layer, "bytes_per_token": sum(by.values()),
-                                         "bytes_by_type": by, "decode_s": best[name][0], "decode_s_p90": best[name][1],
+                                         "bytes_by_type": by, "rows_per_token": shape.rows(), "decode_s": best[name][0],
+                                         "decode_s_p90": best[name][1],
                                          "threads": args.threads, "ctx": args.ctx}
             emit(args.out, result)
         emit(args.out, {"done": True, "wall_s": round(time.monotonic() - start, 2), "big_layers": n_big,

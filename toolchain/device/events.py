@@ -112,6 +112,12 @@ class Result(TypedDict):
     latencies_ms: list[float]
     rounds: int
     boot_id: str | None
+    bench_wall_s: float  # the timed part: the prompts' prefill and decode
+    other_cpu_s: float | None  # CPU seconds other processes used meanwhile (None off Linux)
+    steal_s: float | None  # CPU seconds the hypervisor took meanwhile
+    load_before: float | None
+    load_after: float | None
+    cooled_s: float  # waited for a hot board to cool before the bench
 
 
 class ResultEvent(Header, Result):

@@ -179,6 +179,58 @@ def throttled() -> int | None:
     return parse_throttled(vcgencmd("get_throttled"))
 
 
+def cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, steal) clock ticks of all CPUs since boot (/proc/stat), or None off Linux."""
+    text = read("/proc/stat") or ""
+    parts = text.split("\n", 1)[0].split()
+    if len(parts) < 9 or parts[0] != "cpu":
+        return None
+    v = [int(x) for x in parts[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v
+    return user + nice + system + irq + softirq, steal
+
+
+class BusyMeter:
+    """What else ran on the device while decode was timed: other processes' CPU seconds (all
+    CPUs' busy time less this process's own), hypervisor steal, and the load average. On a shared
+    board these, not the model, explain a slow mean."""
+
+    def __init__(self) -> None:
+        self.hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.t0, self.own0, self.cpu0 = time.monotonic(), self._own(), cpu_jiffies()
+        self.load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+    @staticmethod
+    def _own() -> float:
+        t = os.times()
+        return t.user + t.system
+
+    def result(self) -> dict[str, float | None]:
+        wall, own, cpu = time.monotonic() - self.t0, self._own() - self.own0, cpu_jiffies()
+        other = steal = None
+        if cpu is not None and self.cpu0 is not None:
+            other = max(0.0, (cpu[0] - self.cpu0[0]) / self.hz - own)
+            steal = max(0.0, (cpu[1] - self.cpu0[1]) / self.hz)
+        return {"bench_wall_s": wall, "other_cpu_s": other, "steal_s": steal, "load_before": self.load0,
+                "load_after": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+
+
+COOL_ABOVE_C, COOL_TO_C, COOL_MAX_S = 70.0, 65.0, 120.0
+
+
+def cool_down() -> float:
+    """A hot board throttles within seconds of a bench: wait (at most COOL_MAX_S) until it is
+    below COOL_TO_C. Returns the seconds waited."""
+    start = time.monotonic()
+    t = hottest(temperatures_c())
+    if t is None or t < COOL_ABOVE_C:
+        return 0.0
+    while t is not None and t >= COOL_TO_C and time.monotonic() - start < COOL_MAX_S:
+        time.sleep(5)
+        t = hottest(temperatures_c())
+    return time.monotonic() - start
+
+
 def sha256_of(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -495,6 +547,7 @@ class Decoder:
 
 def bench(args: argparse.Namespace, settings: Settings) -> int:
     out: str = args.out
+    cooled_s = cool_down()
     temps_before = temperatures_c()
     throttled_before = throttled()
     events.emit(out, events.START, mode="bench", settings=settings.start_settings(), pid=os.getpid(),
@@ -526,6 +579,7 @@ def bench(args: argparse.Namespace, settings: Settings) -> int:
     windows: list[tuple[float, float]] = []
     deadline = time.monotonic() + args.sustained_s if args.sustained_s else None
     rounds = 0
+    busy = BusyMeter()
     while True:
         for prompt in settings.prompts:
             dec.clear()
@@ -549,6 +603,7 @@ def bench(args: argparse.Namespace, settings: Settings) -> int:
             break
         events.emit(out, events.PROGRESS, rounds=rounds, decode_tokens=len(latencies), peak_rss_bytes=peak_rss_bytes(),
                     temperature_c=hottest(temperatures_c()), throttled=now_throttled)
+    busy_result = busy.result()
     energy = power.energy_j(windows) if power.source and power.wait_until(windows[-1][1]) else None
     power.close()
     dec.close()
@@ -584,6 +639,12 @@ def bench(args: argparse.Namespace, settings: Settings) -> int:
         "latencies_ms": [round(x, 3) for x in ms],
         "rounds": rounds,
         "boot_id": read("/proc/sys/kernel/random/boot_id"),
+        "bench_wall_s": busy_result["bench_wall_s"] or 0.0,
+        "other_cpu_s": busy_result["other_cpu_s"],
+        "steal_s": busy_result["steal_s"],
+        "load_before": busy_result["load_before"],
+        "load_after": busy_result["load_after"],
+        "cooled_s": cooled_s,
     }
     events.emit(out, events.RESULT, **result)
     return 0

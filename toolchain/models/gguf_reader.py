@@ -45,7 +45,7 @@ MAX_KEPT_ARRAY = 1 << 16  # numeric arrays longer than this (per-layer values ar
 MAX_KEPT_STRING = 1 << 20  # string values longer than this (chat templates are ~10 KB) are skipped
 MAX_LAYERS = 4096  # block_count: the planner loops over layers
 DEFAULT_ALIGNMENT = 32
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: tensors carry their row length
 _CACHE_ENTRIES = 256  # the index directory is pruned to this many files
 _CHUNK = 1 << 20
 
@@ -83,6 +83,11 @@ class TensorInfo:
     type_name: str
     n_elements: int
     n_bytes: int
+    row_length: int = 0  # ne0: a matrix's rows are n_elements / row_length (decode pays a little per row)
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_elements // self.row_length if self.row_length else 0
 
 
 class GGUFArch(TypedDict):
@@ -379,7 +384,7 @@ class _Parser:
             end = start + offset + n_bytes
             if end > self.size:
                 raise self.fail(f"tensor {name} data runs past the end of the file ({end} > {self.size} bytes): file is truncated")
-            tensors.append(TensorInfo(name, type_name, n_elements, n_bytes))
+            tensors.append(TensorInfo(name, type_name, n_elements, n_bytes, dims[0] if dims else 0))
         arch_name = str(fields.get("general.architecture", "unknown"))
         by_name = {t.name: t for t in tensors}
         ft = fields.get("general.file_type")
@@ -474,7 +479,8 @@ def _cached(side: Path, key: list[object], path: Path) -> GGUFInfo | None:
         if doc.get("version") != _CACHE_VERSION or doc.get("key") != key:
             return None
         d = doc["info"]
-        tensors = [TensorInfo(str(t["name"]), str(t["type_name"]), int(t["n_elements"]), int(t["n_bytes"])) for t in d["tensors"]]
+        tensors = [TensorInfo(str(t["name"]), str(t["type_name"]), int(t["n_elements"]), int(t["n_bytes"]), int(t["row_length"]))
+                   for t in d["tensors"]]
         arch = d["arch"]
         if not isinstance(arch, dict) or set(arch) != set(GGUFArch.__annotations__):
             return None

@@ -131,6 +131,7 @@ def build_basis(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides,
     if records is None:
         records = calibration.load(calibration.fingerprint(facts)) if facts is not None else []
     per_layer = per_layer_default(dev_class, ov.backend)
+    per_row = 0.0  # class defaults were fitted without it: only a device's own calibration measures it
     fit = calibration.fit_device(records, eff, overhead, factors, per_layer_s=per_layer)
     mem_offset = 0
     confidence, interval = "class defaults", class_interval(dev_class, ov.backend)
@@ -139,9 +140,16 @@ def build_basis(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides,
         new_eff = eff * fit.eta_scale
         for t, f in fit.family_factors.items():
             factors[t] = f * eff / new_eff
+        if fit.calibrated:
+            # A calibrated device measured its kernel families one by one: a type it did not
+            # measure keeps its default efficiency rather than the others' median (their kernels
+            # differ: repacked or not, dequantised or not; Q4_1 is not Q4_0's repacked kernel).
+            for t in set(factors) - set(fit.family_factors):
+                factors[t] = factors[t] * eff / new_eff
         eff = new_eff
         overhead = fit.overhead_s if fit.overhead_s is not None else overhead
         per_layer = fit.per_layer_overhead_s if fit.per_layer_overhead_s is not None else per_layer
+        per_row = fit.per_row_s if fit.per_row_s is not None else per_row
         mem_offset = fit.memory_offset_bytes
         eff_src += f"; {fit.source}"
         if ov.bandwidth_bytes_per_s is None and fit.bandwidth_bytes_per_s > 0:
@@ -165,7 +173,7 @@ def build_basis(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides,
         confidence=confidence,
     )
     speed = SpeedBasis(bw, eff, flops, overhead, storage, tuple(sorted(factors.items())), isa=isa, backend=ov.backend,
-                       per_layer_overhead_s=per_layer, memory_offset_bytes=mem_offset, interval=interval)
+                       per_layer_overhead_s=per_layer, memory_offset_bytes=mem_offset, interval=interval, per_row_s=per_row)
     return basis, speed, threads
 
 

@@ -4,19 +4,17 @@ Measurements (DeviceMeasurement) live in the one database of toolchain/store/his
 by a device fingerprint: what the runner measured (decode seconds per token, peak RSS) beside
 what the plan assumed (bytes per token, bandwidth, quant). fit_device turns a device's records
 into its own decode efficiency, per-token overhead and per-quant-family factors, so the first
-plan of a device uses the defaults and later plans converge on what it does. fit_published
-derives the defaults per device class from published-benchmarks.csv. The JSON-lines file of
+plan of a device uses the defaults and later plans converge on what it does (the defaults per
+device class come from published measurements: plan/published.py). The JSON-lines file of
 earlier versions (<data dir>/calibration.jsonl) is imported once, then renamed *.imported.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import fcntl
 import json
 import statistics
-from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -30,7 +28,7 @@ from toolchain.store.records import DeviceMeasurement, default_url
 if TYPE_CHECKING:
     from toolchain.store.history import History
 
-__all__ = ["DeviceMeasurement", "correction", "fingerprint", "fit_device", "fit_published", "load", "record_run"]
+__all__ = ["DeviceMeasurement", "correction", "fingerprint", "fit_device", "load", "record_run"]
 
 MAX_RECORDS = 50  # per fingerprint: recent behaviour wins over old firmware/kernels
 RIDGE = 0.01  # pull toward the defaults: a 100 % change of one eta costs what 10 % error on one record does
@@ -55,6 +53,7 @@ class DeviceFit:
     records: int = 0
     source: str = "default (no measurements of this device yet)"
     per_layer_overhead_s: float | None = None  # None: keep the default (no record says its layer count)
+    per_row_s: float | None = None  # None: keep the default (no records of different rows per byte)
     bandwidth_bytes_per_s: float = 0.0  # the read rate the records were fitted against (their median)
     calibrated: int = 0  # how many of the records come from the first-contact calibration
     spread: tuple[float, float] = (1.0, 1.0)  # 10th / 90th percentile of measured / fitted tok/s over the records
@@ -106,7 +105,7 @@ def measurement(facts: HostFacts, plan: Plan, telemetry: Telemetry, at: datetime
         measured_decode_s=1.0 / telemetry.decode_tokens_per_s, bytes_per_token=p.bytes_per_token,
         predicted_peak_bytes=(p.bench_rss_bytes or p.peak_memory_bytes) - plan.basis.memory_offset_bytes,
         measured_peak_bytes=telemetry.peak_rss_bytes, family=p.kernel_family, bytes_by_type=dict(p.bytes_by_type),
-        bandwidth_bytes_per_s=plan.basis.bandwidth_bytes_per_s, n_layer=p.n_layer, origin="run",
+        bandwidth_bytes_per_s=plan.basis.bandwidth_bytes_per_s, n_layer=p.n_layer, rows_per_token=p.rows_per_token, origin="run",
     )
 
 
@@ -196,9 +195,9 @@ def family_of(quant: str) -> str:
 
 def fit_device(records: list[DeviceMeasurement], eta: float, overhead_s: float,
                quant_factors: dict[str, float] | None = None, ridge: float = RIDGE,
-               per_layer_s: float = 0.0) -> DeviceFit:
+               per_layer_s: float = 0.0, per_row_s: float = 0.0) -> DeviceFit:
     """Seconds per token = sum over ggml types of bytes_t / (bandwidth x eta_t) + overhead
-    + per_layer x layers, fitted to this device's measurements by least squares on relative error,
+    + per_layer x layers + per_row x matrix rows, fitted to this device's measurements by least squares on relative error,
     each term pulled toward its default (ridge), so a device with one or two records moves only as
     far as they show and a type it never ran keeps its default. Records without a per-type split
     count their bytes under their kernel family; records without a layer count (older ones) fold
@@ -206,7 +205,7 @@ def fit_device(records: list[DeviceMeasurement], eta: float, overhead_s: float,
     own read rate: the fit is of seconds per byte, and the rate it is expressed against is their
     median (bandwidth_bytes_per_s), so a noisy probe today does not move a calibrated plan."""
     qf = quant_factors or {}
-    pts: list[tuple[dict[str, float], float, int]] = []
+    pts: list[tuple[dict[str, float], float, int, int]] = []
     mem: list[float] = []
     rates: list[float] = []
     for r in records:
@@ -214,7 +213,7 @@ def fit_device(records: list[DeviceMeasurement], eta: float, overhead_s: float,
         if y <= 0 or bpt <= 0 or bw <= 0:
             continue
         by_type = r.bytes_by_type or {r.family or family_of(r.quant): bpt}
-        pts.append(({t: b / bw for t, b in by_type.items() if b > 0}, y, max(0, r.n_layer)))
+        pts.append(({t: b / bw for t, b in by_type.items() if b > 0}, y, max(0, r.n_layer), max(0, r.rows_per_token)))
         rates.append(bw)
         if r.measured_peak_bytes and r.predicted_peak_bytes:
             mem.append(float(r.measured_peak_bytes - r.predicted_peak_bytes))
@@ -222,28 +221,42 @@ def fit_device(records: list[DeviceMeasurement], eta: float, overhead_s: float,
         return DeviceFit()
     import numpy as np  # ~0.2 s to import: only when there is something to fit
 
-    types = sorted({t for z, _, _ in pts for t in z})
-    layered = len({n for _, _, n in pts if n}) >= 2  # the per-layer cost is told apart only by different depths
-    prior = np.array([1.0 / (eta * qf.get(t, 1.0)) for t in types] + [overhead_s] + ([per_layer_s] if layered else []))
+    types = sorted({t for z, _, _, _ in pts for t in z})
+    layered = len({n for _, _, n, _ in pts if n}) >= 2  # the per-layer cost is told apart only by different depths
+    # the per-row cost only by models of different rows per byte read (narrow and wide matrices)
+    ratios_rows = [m / max(1.0, sum(z.values())) for z, _, _, m in pts if m]
+    rowed = len(ratios_rows) >= 2 and max(ratios_rows) > 1.5 * min(ratios_rows)
+    prior = np.array([1.0 / (eta * qf.get(t, 1.0)) for t in types] + [overhead_s] + ([per_layer_s] if layered else [])
+                     + ([per_row_s] if rowed else []))
     rows, rhs = [], []
-    for z, y, n in pts:  # relative residuals: a 2 ms model and a 2 s model weigh alike
-        rows.append([z.get(t, 0.0) / y for t in types] + [1.0 / y] + ([n / y] if layered else []))
+    for z, y, n, m in pts:  # relative residuals: a 2 ms model and a 2 s model weigh alike
+        rows.append([z.get(t, 0.0) / y for t in types] + [1.0 / y] + ([n / y] if layered else []) + ([m / y] if rowed else []))
         rhs.append(1.0)
     ridge = np.sqrt(ridge)
-    # loose units for the fixed costs: the overhead in 10 ms, the per-layer cost in 1 ms
-    scale = np.maximum(np.abs(prior), [1e-9] * len(types) + [0.01] + ([0.001] if layered else []))
+    # loose units for the fixed costs: the overhead in 10 ms, the per-layer cost in 1 ms, the per-row cost in 100 ns
+    scale = np.maximum(np.abs(prior), [1e-9] * len(types) + [0.01] + ([0.001] if layered else []) + ([1e-7] if rowed else []))
     for j in range(len(prior)):
         row = [0.0] * len(prior)
         row[j] = ridge / scale[j]
         rows.append(row)
         rhs.append(ridge * prior[j] / scale[j])
     a = np.array(rows)
-    theta = np.linalg.lstsq(a, np.array(rhs), rcond=None)[0]
+    b = np.array(rhs)
     k = len(types)
+    # Fixed costs cannot be negative: one that comes out so is held at 0 and the rest solved again
+    # (clipping it afterwards would leave every other term fitted to a cost that is not there).
+    free = np.ones(len(prior), dtype=bool)
+    while True:
+        theta = np.zeros(len(prior))
+        theta[free] = np.linalg.lstsq(a[:, free], b, rcond=None)[0]
+        negative = [j for j in range(k, len(prior)) if free[j] and theta[j] < 0]
+        if not negative:
+            break
+        free[negative] = False
     theta[:k] = np.maximum(theta[:k], 0.05 * prior[:k])  # no type faster than 20x its default
-    theta[k:] = np.maximum(theta[k:], 0.0)
     over = float(theta[k])
     per_layer = float(theta[k + 1]) if layered else None
+    per_row = float(theta[k + 1 + int(layered)]) if rowed else None
     fitted = a[:len(pts)] @ theta  # fitted / measured seconds, per record
     ratios = sorted(float(f) for f in fitted)  # = measured tok/s / fitted tok/s
     type_eta = {t: 1.0 / float(theta[i]) for i, t in enumerate(types)}
@@ -254,12 +267,14 @@ def fit_device(records: list[DeviceMeasurement], eta: float, overhead_s: float,
     return DeviceFit(
         eta_scale=round(scale_med, 4), overhead_s=round(over, 6), family_factors=factors, memory_offset_bytes=offset,
         records=len(pts), per_layer_overhead_s=round(per_layer, 7) if per_layer is not None else None,
+        per_row_s=per_row,
         bandwidth_bytes_per_s=statistics.median(rates), calibrated=calibrated,
         spread=(_quantile(ratios, 0.1), _quantile(ratios, 0.9)),
         source=f"fitted on {len(pts)} measurement(s) of this device"
                + (f" ({calibrated} from its first-contact calibration)" if calibrated else "")
                + f": efficiency x{scale_med:.2f} (median over {len(types)} tensor types), overhead {over * 1000:.2f} ms/token"
-               + (f" + {per_layer * 1e6:.1f} us/layer" if per_layer is not None else ""),
+               + (f" + {per_layer * 1e6:.1f} us/layer" if per_layer is not None else "")
+               + (f" + {per_row * 1e9:.1f} ns/matrix row" if per_row is not None else ""),
     )
 
 
@@ -271,66 +286,3 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(sorted_values) - 1)
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
-
-
-# --- defaults from published measurements -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PublishedFit:
-    device_class: str  # "sbc-cpu/cpu", "jetson/cuda", "apple-silicon/metal"
-    efficiency: float  # of the bandwidth the planner would use for such a board (measured read, else 0.7 x peak)
-    overhead_s: float
-    rows: int
-    median_abs_error: float  # of decode tok/s over those rows, with the fitted values
-    family_factors: dict[str, float]
-
-
-def _class_of(backend: str) -> str | None:
-    if "llama.cpp" not in backend and "ollama" not in backend and "yzma" not in backend:
-        return None
-    if "Metal" in backend:
-        return "apple-silicon/metal"
-    if "CUDA" in backend:
-        return "jetson/cuda"
-    if "CPU" in backend:
-        return "sbc-cpu/cpu"
-    return None
-
-
-def fit_published(path: Path) -> list[PublishedFit]:
-    """Per device class: decode seconds = file bytes / (bw * eta * family factor) + overhead,
-    least squares over the rows of published-benchmarks.csv that give a file size and tg."""
-    groups: dict[str, list[DeviceMeasurement]] = defaultdict(list)
-    epoch = datetime(1970, 1, 1, tzinfo=UTC)
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            cls = _class_of(row.get("backend", ""))
-            try:
-                tg, size = float(row["tg_tps"]), float(row["file_gb"]) * 1e9
-            except (KeyError, ValueError):
-                continue
-            bw_m, bw_p = row.get("mem_bw_gbs_measured"), row.get("mem_bw_gbs_peak")
-            skip = ("swapping", "partial offload", "MoE")  # bytes per token is not the file size there
-            if cls is None or not (bw_m or bw_p) or any(k in row.get("backend", "") + row.get("model", "") for k in skip):
-                continue
-            bw = float(bw_m) * 1e9 if bw_m else 0.7 * float(bw_p or 0) * 1e9
-            quant = (row.get("quant") or "").split(" ")[0].replace("4-bit", "Q4_0")
-            groups[cls].append(DeviceMeasurement(fingerprint=cls, measured_at=epoch, model=row.get("model", ""), quant=quant,
-                                                 measured_decode_s=1.0 / tg, bytes_per_token=int(size), bandwidth_bytes_per_s=bw))
-    out = []
-    for cls, recs in sorted(groups.items()):
-        fit = fit_device(recs, 1.0, 0.01, ridge=1e-6)  # many rows: let them speak
-        # factors relative to the median family, so that eta is the typical family's efficiency
-        mid = statistics.median(fit.family_factors.values()) if fit.family_factors else 1.0
-        factors = {k: round(v / mid, 3) for k, v in fit.family_factors.items()} if len(fit.family_factors) > 1 else {}
-        eta = mid
-        oh = fit.overhead_s or 0.0
-        errs = []
-        for r in recs:
-            fam = family_of(r.quant)
-            pred = r.bytes_per_token / (r.bandwidth_bytes_per_s * eta * factors.get(fam, 1.0)) + oh
-            errs.append(abs(pred - r.measured_decode_s) / pred)  # = relative error of tok/s
-        out.append(PublishedFit(cls, round(eta, 3), round(oh, 5), len(recs),
-                                round(statistics.median(errs), 4), factors))
-    return out

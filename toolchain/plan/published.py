@@ -17,7 +17,7 @@ Rules, in the order they are applied to a CSV row:
 * Runtime: the backend text must name llama.cpp, ollama or yzma (which run llama.cpp's kernels);
   llamafile (own tinyBLAS kernels) and distributed-llama are other engines: skipped.
 * Bytes read per token = the file size (file_gb x 1e9). Rows where that is wrong are skipped, as
-  calibration.fit_published does: MoE (only the active experts are read), partial offload (two
+  the planner's earlier fit did: MoE (only the active experts are read), partial offload (two
   devices), swapping (storage, not RAM), and per-layer-embedding models "(PLE)" (Gemma 3n/4: the
   PLE tables are a row gather like token_embd, so the file overstates the bytes read). Rows with
   no file size or no tg are skipped too (nothing to put the bytes against).

@@ -189,7 +189,7 @@ def _predict(w: Weights, entry: ModelEntry, ctx: int, kv_type: str, speed: Speed
     kv_t = sizing._KV_GGML[kv_type]
     by_type[kv_t] = by_type.get(kv_t, 0.0) + kv_read
     seconds = decode_seconds(per_token - streamed, speed, family=family, n_layer=a.n_layer, streamed_bytes=streamed,
-                             by_type=by_type)
+                             by_type=by_type, rows=w.per_token_rows)
     peak = mem.peak_bytes + speed.memory_offset_bytes
     bench = mem.bench_bytes + speed.memory_offset_bytes
     if cap is not None:  # streaming: the page cache takes whatever RAM is left
@@ -197,6 +197,7 @@ def _predict(w: Weights, entry: ModelEntry, ctx: int, kv_type: str, speed: Speed
     lo, hi = speed.interval
     return Prediction(
         decode_tokens_per_s_low=round(lo / seconds, 3), decode_tokens_per_s_high=round(hi / seconds, 3), n_layer=a.n_layer,
+        rows_per_token=w.per_token_rows,
         decode_tokens_per_s=round(1.0 / seconds, 3),
         decode_ms_per_token=round(seconds * 1000.0, 3),
         prefill_tokens_per_s=round(prefill_tokens_per_s(active_params(entry), speed), 1),

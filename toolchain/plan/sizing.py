@@ -63,6 +63,7 @@ class Weights:
     header_bytes: int = 0  # GGUF metadata (vocabulary) bytes; 0: estimate from n_vocab
     dominant_type: str = ""  # the ggml type holding most per-token bytes (the kernel family)
     per_token_types: tuple[tuple[str, int], ...] = ()  # per_token_bytes split by ggml type (kernels differ)
+    per_token_rows: int = 0  # matrix rows the matmuls of one token produce (each costs a little beyond its bytes)
 
 
 def weights_from_gguf(info: GGUFInfo, arch: Arch) -> Weights:
@@ -81,9 +82,14 @@ def weights_from_gguf(info: GGUFInfo, arch: Arch) -> Weights:
         if t.name == "token_embd.weight" and info.output_bytes:
             continue  # a row gather, unless it doubles as the output projection
         by[t.type_name] = by.get(t.type_name, 0) + int(t.n_bytes * (used if "_exps" in t.name else 1.0))
+    rows = 0
+    for t in info.tensors:
+        if t.n_elements <= t.row_length or (t.name == "token_embd.weight" and info.output_bytes):
+            continue  # norms and biases; the embedding is a row gather unless it is also the output
+        rows += int(t.n_rows * (used if "_exps" in t.name else 1.0))
     return Weights(info.weights_bytes, per_token, info.token_embd_bytes, info.output_bytes, False,
                    "tensor table of the GGUF", rep, max(0, info.size_bytes - info.weights_bytes),
-                   _dominant(rep or (("F16", 1),)), tuple(sorted(by.items())))
+                   _dominant(rep or (("F16", 1),)), tuple(sorted(by.items())), rows)
 
 
 def weights_estimate(entry: ModelEntry, quant: str) -> Weights:
@@ -108,7 +114,10 @@ def weights_estimate(entry: ModelEntry, quant: str) -> Weights:
                      _layer_type(quant, "attn_v", il, a.n_layer), _layer_type(quant, "ffn_down", il, a.n_layer))
                     for il in range(a.n_layer))
     layers = 0
+    used = a.n_expert_used or n_exp
+    rows = a.n_vocab  # the output projection (tied or not)
     for (n_h, n_kv, ff, t_attn, t_v, t_down), count in kinds.items():
+        rows += count * ((n_h + 2 * n_kv) * a.head_dim + a.n_embd + used * (2 * ff + a.n_embd))
         q_dim, kv_dim = n_h * a.head_dim, n_kv * a.head_dim
         layers += add(t_attn, a.n_embd, q_dim + kv_dim, count) + add(t_v, a.n_embd, kv_dim, count) + add(t_attn, q_dim, a.n_embd, count)
         ffn = add(t_attn, a.n_embd, 2 * ff, n_exp * count) + add(t_down, ff, a.n_embd, n_exp * count)
@@ -132,7 +141,7 @@ def weights_estimate(entry: ModelEntry, quant: str) -> Weights:
         share = per_token / max(1, sum(by.values()))
         by = {t: int(n * share) for t, n in by.items()}
     return Weights(total, per_token, token_embd, output, True, f"estimated from architecture + {quant} recipe", reps, 0,
-                   _dominant(reps), tuple(sorted(by.items())))
+                   _dominant(reps), tuple(sorted(by.items())), rows)
 
 
 def weights_from_file_size(entry: ModelEntry, quant: str, file_bytes: int) -> Weights:
@@ -144,7 +153,7 @@ def weights_from_file_size(entry: ModelEntry, quant: str, file_bytes: int) -> We
         file_bytes - header, int(est.per_token_bytes * scale), int(est.token_embd_bytes * scale),
         int(est.output_bytes * scale), False, "published file size (tensor split estimated)",
         tuple((t, int(n * scale)) for t, n in est.repackable), header, est.dominant_type,
-        tuple((t, int(n * scale)) for t, n in est.per_token_types),
+        tuple((t, int(n * scale)) for t, n in est.per_token_types), est.per_token_rows,
     )
 
 
@@ -344,6 +353,7 @@ class SpeedBasis:
     per_layer_overhead_s: float = 0.0  # graph ops and thread barriers, per layer per token
     memory_offset_bytes: int = 0  # this device's measured-minus-predicted RSS, added to predictions
     interval: tuple[float, float] = (1.0, 1.0)  # measured / predicted tok/s expected within (low, high)
+    per_row_s: float = 0.0  # per matrix row a token's matmuls produce (0: not known; the calibration measures it)
 
     def factor(self, family: str) -> float:
         return dict(self.quant_factors).get(family, 1.0)
@@ -354,7 +364,7 @@ class SpeedBasis:
 
 # Relative decode efficiency per ggml type, least squares over the Raspberry Pi 4 llama-bench rows
 # of published-benchmarks.csv (sensura-san/llm-bench: Gemma-3-1B/270M, Llama-3.2-1B, Qwen2.5-0.5B,
-# Qwen3-0.6B in every quant; calibration.fit_published, printed by bench/accuracy.py). Types the
+# Qwen3-0.6B in every quant; the per-family fit of plan/published.py gives close values). Types the
 # rows do not cover default to 1.0; a device's own measurements replace these (fit_device).
 QUANT_FACTORS: dict[str, float] = {
     "F16": 1.035, "Q8_0": 1.0, "Q6_K": 1.033, "Q5_K": 1.011, "Q5_0": 1.003, "Q5_1": 1.007, "Q4_K": 1.04,
@@ -363,14 +373,15 @@ QUANT_FACTORS: dict[str, float] = {
 
 
 def decode_seconds(bytes_per_token: float, basis: SpeedBasis, *, family: str = "", n_layer: int = 0,
-                   streamed_bytes: float = 0.0, by_type: dict[str, float] | None = None) -> float:
+                   streamed_bytes: float = 0.0, by_type: dict[str, float] | None = None, rows: int = 0) -> float:
     """RAM-resident bytes at bandwidth x efficiency (per ggml type when the split is given: the
     kernels differ), plus streamed bytes at the storage read rate (mmap faults them in every
-    token: no overlap assumed), plus the fixed overhead."""
+    token: no overlap assumed), plus the fixed overhead, plus a cost per matrix row (a dot
+    product's set-up and its output: why a narrow model reads its bytes slower than a wide one)."""
     split = by_type or {family: bytes_per_token}
     mem = sum(b / (basis.bandwidth_bytes_per_s * basis.efficiency * basis.factor(t)) for t, b in split.items())
     stream = streamed_bytes / basis.storage_read_bytes_per_s if streamed_bytes and basis.storage_read_bytes_per_s else 0.0
-    return mem + stream + basis.overhead_s(n_layer)
+    return mem + stream + basis.overhead_s(n_layer) + basis.per_row_s * rows
 
 
 def active_params(entry: ModelEntry) -> int:

@@ -72,10 +72,12 @@ def calibrate(transport: Transport, root: str, python: str, facts: HostFacts, ev
                                  measured_decode_s=r["decode_s"], bytes_per_token=r["bytes_per_token"],
                                  bandwidth_bytes_per_s=bandwidth_bytes_per_s, threads=r["threads"], ctx=r["ctx"],
                                  family=r["family"], bytes_by_type=dict(r["bytes_by_type"]), n_layer=r["n_layer"],
+                                 rows_per_token=r["rows_per_token"],
                                  origin="calibration") for r in results]
     calibration.record_calibration(records)
     total = time.monotonic() - start
-    rates = [f"{r.quant} {r.bytes_per_token / r.measured_decode_s / 1e9:.1f} GB/s" for r in records if not _tiny(r)]
+    rates = [f"{r.quant}{f' {r.n_layer} layers' if r.model.endswith('deep') else ''} {r.bytes_per_token / r.measured_decode_s / 1e9:.1f} GB/s"
+             for r in records if not _tiny(r)]
     fixed = [f"{r.n_layer} tiny layers {r.measured_decode_s * 1000:.2f} ms" for r in records if _tiny(r)]
     events.log(f"  calibrated in {wall:.1f} s on the device ({total:.1f} s in all): {', '.join(rates + fixed)}")
     if load > threads + 1.0:  # its own decode threads count ~threads; more is other work
@@ -85,7 +87,7 @@ def calibrate(transport: Transport, root: str, python: str, facts: HostFacts, ev
 
 
 def _tiny(r: DeviceMeasurement) -> bool:
-    return r.model.endswith("l")  # calibration-F16-2l: the fixed-cost models
+    return r.model.endswith("l")  # calibration-F16-2l: the fixed-cost model
 
 
 def parse_results(text: str) -> tuple[list[CalibrationResult], float, float]:
@@ -113,7 +115,8 @@ def parse_results(text: str) -> tuple[list[CalibrationResult], float, float]:
 
 
 def _sane(r: CalibrationResult) -> bool:
-    numbers = [r["decode_s"], float(r["bytes_per_token"]), float(r["n_layer"]), float(r["threads"]), float(r["ctx"])]
+    numbers = [r["decode_s"], float(r["bytes_per_token"]), float(r["n_layer"]), float(r["threads"]), float(r["ctx"]),
+               float(r["rows_per_token"])]
     return (all(math.isfinite(v) and v > 0 for v in numbers) and r["n_layer"] <= 4096
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in r["bytes_by_type"].values())
             and r["family"] in ("Q4_K", "Q6_K", "Q8_0", "Q4_0", "F16"))

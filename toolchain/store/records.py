@@ -76,6 +76,7 @@ class DeviceMeasurement:
     family: str = ""  # kernel family of the bulk of the weights (Q4_K)
     bytes_by_type: dict[str, int] = field(default_factory=dict)  # bytes_per_token split by ggml type
     n_layer: int = 0  # of the measured model (0: not recorded, older rows)
+    rows_per_token: int = 0  # matrix rows per token (0: not recorded)
     origin: str = "run"  # "run": a shipped run; "calibration": the first-contact benchmark
 
 

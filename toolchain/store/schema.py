@@ -75,5 +75,6 @@ device_measurements = sa.Table(
     sa.Column("bytes_by_type", sa.JSON, nullable=False),
     sa.Column("bandwidth_bytes_per_s", sa.Float, nullable=False),
     sa.Column("n_layer", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rows_per_token", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("origin", sa.String(20), nullable=False, server_default="run"),
 )

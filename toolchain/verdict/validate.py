@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from toolchain.core.nouns import Budget, Check, Selected, Telemetry, Verdict
 
 PREDICTION_TOLERANCE = 0.25  # relative; beyond this the prediction check warns
@@ -28,7 +30,7 @@ def validate(
     sev = "error" if strict_prediction else "warning"
     # the prediction is of a steady decode: judged on the median-based rate (a stall or two from
     # another process on the board moves the mean, not the median); the budget stays on the mean
-    measured = 1000.0 / tel.decode_ms_p50 if tel.decode_ms_p50 > 0 else tel.decode_tokens_per_s
+    measured = tel.median_decode_tokens_per_s
     dec_err = abs(pred.decode_tokens_per_s - measured) / measured if measured else 1.0
     # The bench's VmHWM is compared with what the bench should show, not the full-context peak
     # that decides fitting (older plans carry only the latter).
@@ -45,7 +47,23 @@ def validate(
                             f"measured (median-based) vs predicted tok/s: {dec_err:.0%} off (tolerance {tolerance:.0%})", sev))
     checks.append(Check("prediction memory", mem_err <= tolerance, tel.peak_rss_bytes, expected_rss,
                         f"measured vs predicted peak bytes: {mem_err:.0%} off (tolerance {tolerance:.0%})", sev))
+    busy = tel.busy()
+    if busy:
+        # a measurement of the model and of whatever else ran: neither the budget nor the
+        # prediction is failed on it (the pipeline has measured once more before this)
+        checks = [replace(c, severity="warning", detail=f"{c.detail}; the board was busy during the measurement ({busy})")
+                  if not c.passed and c.name in NOISE_SENSITIVE else c for c in checks]
+    checks.append(Check("quiet board", busy is None, busy or ("quiet" if tel.bench_wall_s > 0 else "not measured by this runner"), "no other load",
+                        "CPU time of other processes, steal and throttling during the timed part", "warning"))
     return Verdict(passed=all(c.passed for c in checks if c.severity == "error"), checks=checks)
+
+
+NOISE_SENSITIVE = ("decode budget", "prediction decode", "time to first token")
+
+
+def missed_on_noise(verdict: Verdict, tel: Telemetry) -> bool:
+    """A busy board and a timing check missed: worth measuring once more."""
+    return tel.busy() is not None and any(not c.passed and c.name in NOISE_SENSITIVE for c in verdict.checks)
 
 
 def failed_run_verdict(reason: str) -> Verdict:
