@@ -179,18 +179,13 @@ def _calibrate(spec: TargetSpec, t: Transport, root: str, facts: HostFacts) -> N
     import tempfile
 
     from toolchain.deploy.provision import Provisioner
-    from toolchain.plan.basis import Overrides, build_basis
-    from toolchain.plan.boards import load_boards, lookup_board
     from toolchain.probe.calibrate import calibrate
     from toolchain.probe.reach import target_python
 
     events = ui.ConsoleEvents()
     python = Provisioner(t, root, log=events.log).ensure(target_python(spec, facts)).python
-    board = lookup_board(load_boards(), spec.board) if spec.board else None
-    basis, _, threads = build_basis(facts, board, Overrides(), records=[])
     with tempfile.TemporaryDirectory(prefix="edgedeploy-calibration-") as tmp:
-        calibrate(t, root, python, facts, events, bandwidth_bytes_per_s=basis.bandwidth_bytes_per_s, threads=threads,
-                  local_dir=Path(tmp))
+        calibrate(t, root, python, facts, events, local_dir=Path(tmp), board_id=spec.board)
 
 
 @app.command()

@@ -355,13 +355,25 @@ class Telemetry:
     bench_wall_s: float = 0.0
     other_cpu_s: float | None = None
     steal_s: float | None = None
-    throttled_during: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # throttled_during and the rest of the runner's fields
 
     @property
     def median_decode_tokens_per_s(self) -> float:
         """The robust rate: 1000 / p50 (a few stalls from other work move the mean, not this)."""
         return 1000.0 / self.decode_ms_p50 if self.decode_ms_p50 > 0 else self.decode_tokens_per_s
+
+    def _throttled_now(self) -> bool:
+        bits = self.extra.get("throttled_during")
+        return isinstance(bits, int) and not isinstance(bits, bool) and bits & 0xF != 0  # vcgencmd's "now" bits, not "since boot"
+
+    def busy_slowdown(self) -> float:
+        """How much slower the other work could have made the timed part: 1 + the cores' worth of
+        CPU it and the hypervisor took (a decode thread sharing its core runs at most that slower)."""
+        if self.bench_wall_s <= 0:
+            return 1.0
+        taken = (self.other_cpu_s or 0.0) + (self.steal_s or 0.0)
+        throttled = 0.5 if self._throttled_now() else 0.0  # capped clocks: up to ~1.5x
+        return 1.0 + min(2.0, taken / self.bench_wall_s + throttled)
 
     def busy(self) -> str | None:
         """Why the measurement is not of this model alone, in words; None when the device was quiet."""
@@ -372,8 +384,8 @@ class Telemetry:
             why.append(f"other processes used {self.other_cpu_s / self.bench_wall_s:.0%} of a core")
         if self.steal_s is not None and self.steal_s / self.bench_wall_s > BUSY_STEAL_SHARE:
             why.append(f"the hypervisor took {self.steal_s / self.bench_wall_s:.0%} of a core")
-        if self.throttled_during and self.throttled_during & 0xF:  # vcgencmd's "now" bits, not "since boot"
-            why.append(f"the board was throttled (get_throttled 0x{self.throttled_during:x})")
+        if self._throttled_now():
+            why.append(f"the board was throttled (get_throttled 0x{self.extra['throttled_during']:x})")
         return "; ".join(why) or None
 
 

@@ -137,19 +137,14 @@ def _calibrate_if_new(transport: Transport, req: DeployRequest, root: str, pytho
     """A device never measured is benchmarked first (probe/calibrate.py), so that its first plan
     rests on what llama.cpp does there. A calibration that fails costs the plan its basis, not the
     deployment: it is planned on class defaults, and says so."""
-    from toolchain.plan.basis import build_basis
-    from toolchain.plan.boards import load_boards, lookup_board
     from toolchain.probe.calibrate import calibrate, needs_calibration
 
     if not needs_calibration(facts):
         return
     stage("calibrate")
-    board_id = req.plan.board or req.target.board
-    board = lookup_board(load_boards(), board_id) if board_id else None
-    basis, _, threads = build_basis(facts, board, req.plan.overrides, records=[])
     try:
-        calibrate(transport, root, python, facts, events, bandwidth_bytes_per_s=basis.bandwidth_bytes_per_s,
-                  threads=threads, local_dir=run.run_dir)
+        calibrate(transport, root, python, facts, events, local_dir=run.run_dir, board_id=req.plan.board or req.target.board,
+                  overrides=req.plan.overrides)
     except EdgeDeployError as exc:
         events.log(f"  {exc.message}; planning on class defaults")
 

@@ -22,6 +22,7 @@ from toolchain.core.nouns import HostFacts
 from toolchain.core.serde import typed_dict_from
 from toolchain.device.calibrate import CalibrationResult
 from toolchain.plan import calibration
+from toolchain.plan.basis import Overrides
 from toolchain.store.records import DeviceMeasurement
 from toolchain.transports.base import Transport
 
@@ -44,9 +45,16 @@ def needs_calibration(facts: HostFacts) -> bool:
     return not calibration.load(calibration.fingerprint(facts))
 
 
-def calibrate(transport: Transport, root: str, python: str, facts: HostFacts, events: Events, *,
-              bandwidth_bytes_per_s: float, threads: int, local_dir: Path) -> Calibration:
-    """Run the device-side benchmark, store its measurements, return them. TargetError when it fails."""
+def calibrate(transport: Transport, root: str, python: str, facts: HostFacts, events: Events, *, local_dir: Path,
+              board_id: str | None = None, overrides: Overrides | None = None) -> Calibration:
+    """Run the device-side benchmark with the plan's decode threads, store its measurements against
+    the read rate a plan of this device would use, return them. TargetError when it fails."""
+    from toolchain.plan.basis import build_basis
+    from toolchain.plan.boards import load_boards, lookup_board
+
+    board = lookup_board(load_boards(), board_id) if board_id else None
+    basis, _, threads = build_basis(facts, board, overrides or Overrides(), records=[])
+    bandwidth_bytes_per_s = basis.bandwidth_bytes_per_s
     start = time.monotonic()
     here = Path(__file__).resolve().parent.parent / "device"
     remote = f"{root}/calibration"
