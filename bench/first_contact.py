@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from toolchain.models.catalog import load_catalog  # noqa: E402
-from toolchain.models.sources import obtain  # noqa: E402
+from toolchain.models.requantize import requantize  # noqa: E402
+from toolchain.models.sources import cached_path, obtain  # noqa: E402
 
 MODELS = (("smollm2-135m-instruct", "Q4_1"), ("smollm2-135m-instruct", "Q8_0"), ("smollm2-135m-instruct", "F16"),
           ("gemma-3-270m-it", "Q4_K_M"))
@@ -51,12 +52,20 @@ def ship(home: Path, model: Path, deploy: Path, *extra: str) -> dict[str, Any]:
     return doc
 
 
+def local_file(catalog: dict[str, Any], model_id: str, quant: str) -> Path:
+    """The GGUF from the offline wheels, or derived from SmolLM2's Q4_1 with llama.cpp's quantizer (no hub here)."""
+    dest = cached_path(model_id, quant)
+    if not dest.exists() and model_id == "smollm2-135m-instruct" and quant != "Q4_1":
+        requantize(obtain(catalog[model_id], "Q4_1"), dest, quant)
+    return obtain(catalog[model_id], quant, offline=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=1, help="ships per model and side (the median is kept)")
     args = ap.parse_args()
     catalog = load_catalog()
-    files = [(f"{m} {q}", obtain(catalog[m], q)) for m, q in MODELS]
+    files = [(f"{m} {q}", local_file(catalog, m, q)) for m, q in MODELS]
     loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory(prefix="first-contact-") as tmp:
         base = Path(tmp)
