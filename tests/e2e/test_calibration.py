@@ -37,8 +37,10 @@ def test_first_ship_calibrates_and_later_plans_rest_on_it(cli_env: dict[str, str
 
     records = calibration.load(calibration.fingerprint(from_dict(HostFacts, facts)))
     origins = sorted(r.origin for r in records)
-    assert origins.count("calibration") == 7 and origins.count("run") == 1
-    assert all(r.n_layer > 0 for r in records)
+    assert origins.count("calibration") == 11 and origins.count("run") == 1
+    # layers read from memory carry a layer count; the cached tiny model's time is the fixed overhead
+    assert all(r.n_layer > 0 for r in records if not r.model.endswith("l"))
+    assert [r.n_layer for r in records if r.model.endswith("l")] == [0]
     # a second ship does not calibrate again
     again = subprocess.run([sys.executable, "-m", "toolchain.cli", "ship", "--target", "local", "--model", str(smollm2_gguf),
                             "--deploy-dir", str(tmp_path / "deploy"), "--json"], env=env, capture_output=True, text=True, timeout=900)

@@ -109,10 +109,9 @@ class Shape:
 # Calibration layers: a small model's shape (n_ff and n_embd multiples of 256, as K-quants need).
 BIG = dict(n_embd=1024, n_head=16, n_head_kv=4, n_ff=2816)
 TINY = dict(n_embd=128, n_head=2, n_head_kv=2, n_ff=256)
-# A small model's layers (SmolLM2-135M's shape), three times as many as BIG's at about its bytes:
-# beside BIG it tells the cost per layer of layers read from memory (each op's ramp-up and thread
-# barrier; measured here at ~0.1 ms, three times what the same ops cost on layers held in cache).
-DEEP = dict(n_embd=576, n_head=9, n_head_kv=3, n_ff=1536)
+# A small model's layers (about SmolLM2-135M's; K-quants need widths of multiples of 256), three
+# times as many as BIG's at about its bytes.
+DEEP = dict(n_embd=512, n_head=8, n_head_kv=2, n_ff=1536)
 
 
 # --- a minimal GGUF v3 writer -------------------------------------------------------------------
@@ -270,11 +269,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             if fam != "F16":
                 quantize(f16, path, fam, args.threads)
             models.append((f"calibration-{fam}", fam, big, path))
+        # Each family again in DEEP's narrow layers, three times as many: beside BIG, per family, the
+        # cost of a layer read from memory (each op's ramp-up and thread barrier), which the
+        # families share, is told apart from each family's rate per byte.
         per_layer_deep = sum(Shape(1, **DEEP).bytes_by_type("F16").values())
         deep = Shape(max(2, min(3 * n_big, free // 3 // per_layer_deep)), **DEEP)
-        path = os.path.join(args.work, "deep.gguf")
-        write_gguf(path, deep, seed=1)
-        models.append(("calibration-F16-deep", "F16", deep, path))
+        deep_f16 = os.path.join(args.work, "deep-F16.gguf")
+        write_gguf(deep_f16, deep, seed=1)
+        for fam in families:
+            path = deep_f16 if fam == "F16" else os.path.join(args.work, f"deep-{fam}.gguf")
+            if fam != "F16":
+                quantize(deep_f16, path, fam, args.threads)
+            models.append((f"calibration-{fam}-deep", fam, deep, path))
         for layers in (2,):
             tiny = Shape(layers, **TINY)
             path = os.path.join(args.work, f"tiny-{layers}.gguf")

@@ -79,14 +79,17 @@ def calibrate(transport: Transport, root: str, python: str, facts: HostFacts, ev
     records = [DeviceMeasurement(fingerprint=fp, measured_at=now, model=r["model"], quant=r["family"],
                                  measured_decode_s=r["decode_s"], bytes_per_token=r["bytes_per_token"],
                                  bandwidth_bytes_per_s=bandwidth_bytes_per_s, threads=r["threads"], ctx=r["ctx"],
-                                 family=r["family"], bytes_by_type=dict(r["bytes_by_type"]), n_layer=r["n_layer"],
+                                 family=r["family"], bytes_by_type=dict(r["bytes_by_type"]),
+                                 # a tiny model's layers sit in cache and cost ~1/3 of layers read from
+                                 # memory: stored without a layer count, its time tells the fixed overhead
+                                 n_layer=0 if _tiny_name(r["model"]) else r["n_layer"],
                                  rows_per_token=r["rows_per_token"],
                                  origin="calibration") for r in results]
     calibration.record_calibration(records)
     total = time.monotonic() - start
     rates = [f"{r.quant}{f' {r.n_layer} layers' if r.model.endswith('deep') else ''} {r.bytes_per_token / r.measured_decode_s / 1e9:.1f} GB/s"
              for r in records if not _tiny(r)]
-    fixed = [f"{r.n_layer} tiny layers {r.measured_decode_s * 1000:.2f} ms" for r in records if _tiny(r)]
+    fixed = [f"tiny model {r.measured_decode_s * 1000:.2f} ms" for r in records if _tiny(r)]
     events.log(f"  calibrated in {wall:.1f} s on the device ({total:.1f} s in all): {', '.join(rates + fixed)}")
     if load > threads + 1.0:  # its own decode threads count ~threads; more is other work
         events.log(f"  warning: the device was busy while it was calibrated (load average {load:.1f} with {threads} decode "
@@ -95,7 +98,11 @@ def calibrate(transport: Transport, root: str, python: str, facts: HostFacts, ev
 
 
 def _tiny(r: DeviceMeasurement) -> bool:
-    return r.model.endswith("l")  # calibration-F16-2l: the fixed-cost model
+    return _tiny_name(r.model)
+
+
+def _tiny_name(model: str) -> bool:
+    return model.endswith("l")  # calibration-F16-2l: the fixed-cost model
 
 
 def parse_results(text: str) -> tuple[list[CalibrationResult], float, float]:
