@@ -119,7 +119,8 @@ def _doc(**changes: Any) -> dict[str, Any]:
 def test_parse_settings_takes_a_complete_document_and_ignores_newer_keys() -> None:
     s = runner.parse_settings(_doc(future_key=1))
     assert s.threads == 4 and s.kv_type == "q8_0" and s.prompts == ["a", "b"]
-    assert set(s.start_settings()) == set(_doc()) - {"prompts", "release_id"}
+    assert set(s.start_settings()) == set(_doc()) - {"prompts", "release_id"} | {"backend", "n_gpu_layers"}
+    assert s.backend == "cpu" and s.n_gpu_layers == 0  # a bundle from before placement runs on the CPU
 
 
 @pytest.mark.parametrize(("changes", "message"), [
@@ -129,6 +130,8 @@ def test_parse_settings_takes_a_complete_document_and_ignores_newer_keys() -> No
     ({"kv_type": "q5_1"}, "kv_type 'q5_1' is not one of f16, q4_0, q8_0"),
     ({"prompts": []}, "prompts should be a non-empty list of strings"),
     ({"prompts": ["a", 2]}, "prompts should be a non-empty list of strings"),
+    ({"backend": "rocm"}, "backend 'rocm' is not one of cpu, cuda, metal, vulkan, opencl"),
+    ({"backend": "vulkan", "n_gpu_layers": -1}, "n_gpu_layers should be a count of layers"),
 ])
 def test_parse_settings_names_what_is_wrong(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -202,7 +205,8 @@ def _result() -> dict[str, Any]:
     values: dict[str, Any] = {name: 1.5 for name in events.RESULT_FIELDS}
     values.update(llama_cpp="0.3.36", kv_type="f16", model_sha256="ab" * 32, threads=4, ctx=512, peak_rss_bytes=200 << 20,
                   prompt_tokens=30, decode_tokens=24, latencies_ms=[1.0, 2.0], rounds=1, boot_id="b", power_source=None,
-                  power_error=None, throttled_before=None, throttled_after=None, throttled_during=None)
+                  power_error=None, throttled_before=None, throttled_after=None, throttled_during=None, backend="vulkan",
+                  device="Vulkan0", gpu_layers_offloaded=31, gpu_layers_total=31, device_memory_bytes=100 << 20)
     return values
 
 

@@ -123,13 +123,14 @@ def _plan_request(budget: str | None, ttft: str | None, ctx: int | None, model: 
                   allow_low_bit: bool, offline: bool | None, board: str | None = None, ram: str | None = None,
                   bandwidth: str | None = None, storage_read: str | None = None, bandwidth_share: float = 1.0,
                   efficiency: float | None = None, backend: str = "cpu", threads: int | None = None,
-                  plan_file: Path | None = None, peak_bandwidth: str | None = None, device_class: str | None = None) -> PlanRequest:
+                  plan_file: Path | None = None, peak_bandwidth: str | None = None, device_class: str | None = None,
+                  gpu_layers: int | None = None, device_memory: str | None = None) -> PlanRequest:
     from toolchain.plan.request import build_plan_request
 
     return build_plan_request(budget=budget, ttft=ttft, ctx=ctx, models=model or [], quants=quant or [], allow_low_bit=allow_low_bit,
                               offline=offline, board=board, ram=ram, bandwidth=bandwidth, storage_read=storage_read,
                               bandwidth_share=bandwidth_share, efficiency=efficiency, backend=backend, threads=threads, plan_file=plan_file,
-                              peak_bandwidth=peak_bandwidth, device_class=device_class)
+                              peak_bandwidth=peak_bandwidth, device_class=device_class, gpu_layers=gpu_layers, device_memory=device_memory)
 
 
 BudgetOpt = Annotated[str | None, typer.Option(
@@ -139,6 +140,12 @@ CtxOpt = Annotated[int | None, typer.Option("--ctx", help="Context length (defau
 ModelOpt = Annotated[list[str] | None, typer.Option("--model", help="Restrict to a catalog id or a local .gguf path (repeatable).")]
 QuantOpt = Annotated[list[str] | None, typer.Option("--quant", help="Restrict to a quant, e.g. Q4_K_M (repeatable).")]
 LowBitOpt = Annotated[bool, typer.Option("--allow-low-bit", help="Permit quants below 3.5 bits per weight.")]
+BackendOpt = Annotated[str, typer.Option("--backend", help="cpu, cuda, metal, vulkan, opencl, or auto (the fastest the board's "
+                                          "llama-cpp-python really has).")]
+GpuLayersOpt = Annotated[int | None, typer.Option("--gpu-layers", help="Layers to offload to the GPU backend (default: as many "
+                                                  "as its memory holds; all on unified memory).")]
+DeviceMemOpt = Annotated[str | None, typer.Option("--device-memory", help="The GPU's free memory, e.g. 8GB, in place of what "
+                                                  "the probe read from llama.cpp.")]
 OfflineOpt = Annotated[bool | None, typer.Option("--offline/--online", help="Only models obtainable without a hub (default: on for the local target).")]
 
 
@@ -205,7 +212,7 @@ def plan(
     storage_read: Annotated[str | None, typer.Option("--storage-read", help="Storage read rate for streaming, e.g. 900MB/s.")] = None,
     bandwidth_share: Annotated[float, typer.Option("--bandwidth-share", help="Fraction of bandwidth for the model.")] = 1.0,
     efficiency: Annotated[float | None, typer.Option("--efficiency", help="Fraction of bandwidth decode reaches.")] = None,
-    backend: Annotated[str, typer.Option("--backend", help="cpu, cuda, metal, vulkan or opencl.")] = "cpu",
+    backend: BackendOpt = "cpu", gpu_layers: GpuLayersOpt = None, device_memory: DeviceMemOpt = None,
     threads: Annotated[int | None, typer.Option("--threads", help="Decode threads (default: the big cores).")] = None,
     every: Annotated[bool, typer.Option("--all", help="List every (model, quant) candidate, not one row per model.")] = False,
     as_json: JsonOpt = False,
@@ -216,7 +223,7 @@ def plan(
     def run() -> Any:
         req = _plan_request(budget, ttft, ctx, model, quant, allow_low_bit, offline, board, ram, bandwidth,
                             storage_read, bandwidth_share, efficiency, backend, threads, peak_bandwidth=peak_bandwidth,
-                            device_class=device_class)
+                            device_class=device_class, gpu_layers=gpu_layers, device_memory=device_memory)
         facts, kind, tboard = None, "ssh", None
         if facts_file is not None:
             from toolchain.plan.request import load_facts
@@ -257,6 +264,7 @@ def ship(
     strict_prediction: Annotated[bool, typer.Option("--strict-prediction", help="Fail when the prediction is off by more than the tolerance.")] = False,
     efficiency: Annotated[float | None, typer.Option("--efficiency", help="Override the fraction of bandwidth decode reaches.")] = None,
     threads: Annotated[int | None, typer.Option("--threads", help="Decode threads (default: the big cores).")] = None,
+    backend: BackendOpt = "cpu", gpu_layers: GpuLayersOpt = None, device_memory: DeviceMemOpt = None,
     plan_file: Annotated[Path | None, typer.Option("--plan", help="Ship a saved `plan --json` document instead of planning.")] = None,
     mode: Annotated[str, typer.Option("--mode", help="bench: measure, activate if it passes; serve: then leave a server running.")] = "bench",
     sustained: Annotated[str | None, typer.Option("--sustained", help="Bench this long (e.g. 120s) to report the speed once the board has heated.")] = None,
@@ -276,7 +284,8 @@ def ship(
     def run() -> Report:
         req = DeployRequest(
             target=resolve_target(target), deploy_dir=deploy_dir, force=force, strict_prediction=strict_prediction,
-            plan=_plan_request(budget, ttft, ctx, model, quant, allow_low_bit, offline, efficiency=efficiency, threads=threads, plan_file=plan_file),
+            plan=_plan_request(budget, ttft, ctx, model, quant, allow_low_bit, offline, efficiency=efficiency, threads=threads, plan_file=plan_file,
+                               backend=backend, gpu_layers=gpu_layers, device_memory=device_memory),
             options=_deploy_options(mode, sustained, serve_host, serve_port, offline, calibrate))
         return do_ship(req, ui.ConsoleEvents(), accept_new_host_key=accept_new_host_key)
 

@@ -166,6 +166,18 @@ class ThermalFacts:
 
 
 @dataclass(frozen=True)
+class RuntimeDevice:
+    """A device in the board's llama.cpp backend registry (what llama-cpp-python really loads)."""
+
+    name: str  # llama.cpp's device name: CPU, CUDA0, Vulkan0, MTL0, GPUOpenCL
+    backend: str  # the registry's backend name: CPU, CUDA, Vulkan, Metal, OpenCL
+    description: str = ""  # e.g. "NVIDIA Jetson Orin Nano", "llvmpipe (LLVM 15.0.6, 256 bits)"
+    type: str = "cpu"  # cpu | gpu | igpu | accel
+    memory_free_bytes: int = 0
+    memory_total_bytes: int = 0
+
+
+@dataclass(frozen=True)
 class RuntimeFacts:
     python: str | None = None
     python_path: str | None = None
@@ -177,6 +189,7 @@ class RuntimeFacts:
     llama_cpp_system_info: str | None = None
     gpu_offload: bool | None = None
     llama_cpp_error: str | None = None
+    llama_cpp_devices: list[RuntimeDevice] = field(default_factory=list)  # empty: not imported (quick probe)
 
 
 @dataclass(frozen=True)
@@ -234,6 +247,10 @@ class Prediction:
     # the basis was fitted on, widened where it rests on few measurements); 0: not stated.
     decode_tokens_per_s_low: float = 0.0
     decode_tokens_per_s_high: float = 0.0
+    # placement: repeating layers offloaded (the output layer goes with the last one), and what the
+    # accelerator holds; peak_memory_bytes is then what stays in host RAM (unified: all of it)
+    gpu_layers: int = 0
+    device_memory_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -254,6 +271,31 @@ class Candidate:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where the model runs: decided by the plan (plan/placement.py), applied by the runner."""
+
+    backend: str = "cpu"
+    gpu_layers: int = 0  # repeating layers on the accelerator; == n_layer: all, the output layer too
+    n_layer: int = 0
+    device: str = ""  # llama.cpp's device name the probe found (Vulkan0, CUDA0), "" when not probed
+    device_memory_bytes: int = 0  # predicted use of the accelerator's memory
+    device_budget_bytes: int | None = None  # what it has free (None: unified memory, the host's)
+    kv_on_device: bool = False
+    flash_attn: bool = False
+    reason: str = ""
+
+    @property
+    def offloaded(self) -> bool:
+        return self.backend != "cpu" and self.gpu_layers > 0
+
+    def n_gpu_layers(self) -> int:
+        """llama.cpp's n_gpu_layers: counted with the output layer, so all is n_layer + 1."""
+        if not self.offloaded:
+            return 0
+        return self.gpu_layers + 1 if self.gpu_layers >= self.n_layer else self.gpu_layers
+
+
+@dataclass(frozen=True)
 class Selected:
     model: str
     quant: str
@@ -268,6 +310,7 @@ class Selected:
     use_mmap: bool = True
     gguf_path: str | None = None
     notes: list[str] = field(default_factory=list)
+    placement: Placement = field(default_factory=Placement)
 
 
 @dataclass(frozen=True)
@@ -355,6 +398,12 @@ class Telemetry:
     bench_wall_s: float = 0.0
     other_cpu_s: float | None = None
     steal_s: float | None = None
+    # what llama.cpp itself reported at load (its log): the backend and device the layers went to
+    backend: str = "cpu"
+    device: str = ""
+    gpu_layers_offloaded: int = 0  # llama.cpp's "offloaded N/M layers" (N counts the output layer)
+    gpu_layers_total: int = 0
+    device_memory_bytes: int = 0  # model + KV + compute buffers on non-CPU devices
     extra: dict[str, Any] = field(default_factory=dict)  # throttled_during and the rest of the runner's fields
 
     @property

@@ -33,6 +33,7 @@ PYTHON = "EDGEDEPLOY_PYTHON"
 BOARD = "EDGEDEPLOY_BOARD"
 BOARD_BIN = "EDGEDEPLOY_BOARD_BIN"
 CALIBRATE = "EDGEDEPLOY_CALIBRATE"
+CMAKE_ARGS = "EDGEDEPLOY_CMAKE_ARGS"
 
 SSH_COPY_DEFAULT = "auto"
 
@@ -62,6 +63,9 @@ SETTINGS: tuple[Setting, ...] = (
             f"sqlite:///${HOME}/history.sqlite", HOST),
     Setting(WHEELHOUSE, "Prebuilt llama-cpp-python wheels for targets, one folder per kind of board.",
             f"${CACHE}/wheelhouse", HOST),
+    Setting(CMAKE_ARGS, "Extra CMake arguments for a llama-cpp-python built for a GPU backend, after the backend's own switch "
+            "(e.g. -DVulkan_INCLUDE_DIR=/opt/vulkan/include where the system's Vulkan headers are too old).",
+            "unset: the backend's switch only", HOST),
     Setting(SSH_PASSWORD, "Password for ssh targets that no key or agent logs in to (never taken from argv).",
             "unset: keys and agent only", HOST, secret=True),
     Setting(SSH_COPY, "How ssh targets receive large files: auto (the system ssh client when it logs in, "
@@ -122,6 +126,10 @@ def history_url() -> str | None:
 
 def wheelhouse() -> Path | None:
     return _path(WHEELHOUSE)
+
+
+def cmake_args() -> str:
+    return _value(CMAKE_ARGS) or ""
 
 
 def ssh_copy() -> str:

@@ -63,6 +63,7 @@ def runner_settings(sel: Selected) -> dict[str, object]:
         "model_file": MODEL_FILE, "threads": sel.threads, "ctx": sel.ctx, "kv_type": sel.kv_type,
         "flash_attn": sel.flash_attn, "use_mmap": sel.use_mmap, "n_batch": N_BATCH, "decode_tokens": DECODE_TOKENS,
         "model": sel.model, "quant": sel.quant,
+        "backend": sel.placement.backend, "n_gpu_layers": sel.placement.n_gpu_layers(),
     }
 
 

@@ -157,7 +157,7 @@ def _deploy(transport: Transport, req: DeployRequest, events: Events, run: _Run)
     from toolchain.models.gguf_reader import read_gguf
     from toolchain.models.sources import obtain
     from toolchain.plan.request import load_plan, plan_for
-    from toolchain.probe.reach import deploy_root, probe_target, target_python
+    from toolchain.probe.reach import deploy_root, probe_target, runtime_facts, target_python
     from toolchain.verdict.validate import validate
 
     spec, opts = req.target, req.options
@@ -176,8 +176,14 @@ def _deploy(transport: Transport, req: DeployRequest, events: Events, run: _Run)
     (run.run_dir / "facts.json").write_text(json.dumps(to_json_dict(facts), indent=2) + "\n")
 
     stage("provision")
-    prov = Provisioner(transport, root, log=events.log, offline=opts.offline_wheels or req.plan.offline is True)
-    python = prov.ensure(target_python(spec, facts), server=opts.mode == "serve").python
+    backend = planned.selected.placement.backend if planned is not None and planned.selected else req.plan.overrides.backend
+    prov = Provisioner(transport, root, log=events.log, offline=opts.offline_wheels or req.plan.offline is True,
+                       backend=backend if backend != "auto" else "cpu")
+    probed_python = target_python(spec, facts)
+    python = prov.ensure(probed_python, server=opts.mode == "serve").python
+    if python != probed_python:  # the plan's backend is checked against the runtime that will run it
+        facts = runtime_facts(transport, python, facts)
+        (run.run_dir / "facts.json").write_text(json.dumps(to_json_dict(facts), indent=2) + "\n")
 
     if planned is None and opts.calibrate:
         _calibrate_if_new(transport, req, root, python, facts, events, run, stage)

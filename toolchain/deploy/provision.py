@@ -47,6 +47,35 @@ KERNEL_FLAGS = (
     "avx512_bf16", "amx_int8", "amx_bf16", "neon", "asimd", "fphp", "asimdhp", "asimddp", "i8mm", "sve", "sve2", "bf16", "vfpv4",
 )
 
+# The CMake switch per llama.cpp backend (llama-cpp-python's build reads CMAKE_ARGS). Metal is on
+# by default in macOS builds; the switch keeps it explicit. A backend build is keyed apart from
+# the CPU one in the wheelhouse: same board kind, different library.
+CMAKE_FLAGS = {"cpu": "", "cuda": "-DGGML_CUDA=on", "metal": "-DGGML_METAL=on", "vulkan": "-DGGML_VULKAN=on",
+               "opencl": "-DGGML_OPENCL=on"}
+# Per board kind, what the backend's build needs beyond its switch.
+JETSON_CUDA = "/usr/local/cuda"  # JetPack installs its CUDA toolkit here (nvcc is not on PATH by default)
+
+
+def build_env(backend: str, rt: Runtime, extra: str = "") -> dict[str, str]:
+    """The environment a `pip wheel llama-cpp-python` needs to build `backend` for the board `rt`."""
+    if backend not in CMAKE_FLAGS:
+        raise BadInputError(f"unknown backend {backend!r}", f"use one of {', '.join(CMAKE_FLAGS)}")
+    if backend == "cpu":
+        return {}
+    args = [CMAKE_FLAGS[backend]]
+    env: dict[str, str] = {}
+    if backend == "cuda" and rt.machine == "aarch64" and rt.libc.startswith("glibc"):
+        # Jetson: JetPack's toolkit, Orin's compute capability 8.7 (building every arch takes hours on the board)
+        env["CUDACXX"] = f"{JETSON_CUDA}/bin/nvcc"
+        args.append("-DCMAKE_CUDA_ARCHITECTURES=87")
+    if backend == "opencl" and rt.libc == "bionic":
+        args.append("-DGGML_OPENCL_USE_ADRENO_KERNELS=ON")  # Adreno's tuned kernels (llama.cpp's OpenCL backend targets them)
+    if extra:
+        args.append(extra)
+    env["CMAKE_ARGS"] = " ".join(args)
+    return env
+
+
 # Runs with a target python: what a wheel must match, and what is importable already.
 _RUNTIME = r"""
 import importlib.util, json, os, platform, subprocess, sys
@@ -76,6 +105,9 @@ r = {"python": sys.executable, "version": platform.python_version(), "machine": 
 try:
     import llama_cpp
     r["llama_cpp"] = llama_cpp.__version__
+    lib = os.path.join(os.path.dirname(llama_cpp.__file__), "lib")
+    names = os.listdir(lib) if os.path.isdir(lib) else []
+    r["backends"] = sorted({b for b in ("cuda", "vulkan", "metal", "opencl") for n in names if ("ggml-" + b) in n.lower()} | {"cpu"})
     r["server"] = all(importlib.util.find_spec(m) is not None for m in ("fastapi", "uvicorn", "sse_starlette", "starlette_context", "pydantic_settings"))
 except Exception as exc:
     r["error"] = "%s: %s" % (type(exc).__name__, str(exc)[:200])
@@ -96,6 +128,7 @@ class Runtime:
     venv: bool
     llama_cpp: str | None
     server: bool
+    backends: tuple[str, ...] = ()  # llama.cpp backend libraries its llama_cpp ships (libggml-vulkan.so -> vulkan)
 
     @property
     def key(self) -> str:
@@ -103,11 +136,13 @@ class Runtime:
         feats = "+".join(f for f in KERNEL_FLAGS if f in self.flags) or "generic"
         return f"{self.machine}-{self.libc}-cp{major_minor}-{feats}"
 
-    def ready(self, version: str, *, server: bool) -> bool:
+    def ready(self, version: str, *, server: bool, backend: str = "cpu") -> bool:
         """A llama_cpp the runner can use: this toolchain's version, or one in the range it supports
-        (a user's own build, e.g. with a GPU backend, is kept rather than replaced)."""
+        (a user's own build, e.g. with a GPU backend, is kept rather than replaced), with the
+        plan's backend compiled in (Metal is built into the macOS library itself)."""
         usable = self.llama_cpp == version or _in_supported_range(self.llama_cpp)
-        return usable and (self.server or not server)
+        has = backend == "cpu" or backend in self.backends or (backend == "metal" and self.machine == "arm64" and "darwin" in self.libc)
+        return usable and has and (self.server or not server)
 
 
 def _in_supported_range(version: str | None) -> bool:
@@ -127,14 +162,14 @@ def wheelhouse_dir() -> Path:
     return settings.wheelhouse() or cache_dir() / "wheelhouse"
 
 
-def wheels_for(rt: Runtime, display: str) -> Path:
+def wheels_for(rt: Runtime, display: str, backend: str = "cpu") -> Path:
     """The wheelhouse folder of `rt`'s kind. The key is made of what a board's Python printed, so
     each part must be a slug and the folder must stay inside the wheelhouse (a board reporting
     machine "../../x" would otherwise put wheels, later pushed to every board of a kind, anywhere)."""
     for name, value in (("machine", rt.machine), ("libc", rt.libc), ("version", rt.version)):
         check_slug(value, f"{display}: the target's Python reports {name}",
                    "the target's Python printed something no real interpreter reports; check the python: of the target")
-    key = check_slug(rt.key, f"{display}: wheelhouse key")
+    key = check_slug(rt.key + ("" if backend == "cpu" else f"-{backend}"), f"{display}: wheelhouse key")
     return inside(wheelhouse_dir(), key, "wheelhouse key")
 
 
@@ -155,9 +190,11 @@ def inspect_python(transport: Transport, python: str) -> Runtime | None:
     flags = d.get("flags")
     d["flags"] = [f for f in flags if isinstance(f, str)] if isinstance(flags, list) else []
     d["llama_cpp"] = d.get("llama_cpp") if isinstance(d.get("llama_cpp"), str) else None
+    backends = d.get("backends")
     return Runtime(python=str(d["python"]), version=str(d["version"]), machine=str(d["machine"]), libc=str(d["libc"]),
                    flags=tuple(d.get("flags") or ()), pip=bool(d.get("pip")), venv=bool(d.get("venv")),
-                   llama_cpp=d.get("llama_cpp"), server=bool(d.get("server")))
+                   llama_cpp=d.get("llama_cpp"), server=bool(d.get("server")),
+                   backends=tuple(b for b in backends if b in CMAKE_FLAGS) if isinstance(backends, list) else ())
 
 
 def host_runtime() -> Runtime:
@@ -173,6 +210,7 @@ class Provisioner:
     log: Log = lambda _m: None
     offline: bool = False  # the wheelhouse only: no pip download here, no build on the board
     version: str = ""
+    backend: str = "cpu"  # the plan's: its llama.cpp backend must be compiled in
 
     def __post_init__(self) -> None:
         self.version = self.version or toolchain_llama_version()
@@ -187,24 +225,25 @@ class Provisioner:
         if rt is None:
             raise TargetError(f"{self.transport.display}: {python} does not run on the target",
                               "install Python 3 there (e.g. apt install python3 python3-venv), or set python: in the target's YAML")
-        if rt.ready(self.version, server=server):
+        if rt.ready(self.version, server=server, backend=self.backend):
             return Provisioned(python, rt.key, "present", "already there")
         ours = inspect_python(self.transport, f"{self.venv}/bin/python")
-        if ours is not None and ours.ready(self.version, server=server):
+        if ours is not None and ours.ready(self.version, server=server, backend=self.backend):
             self.log(f"  using llama-cpp-python {ours.llama_cpp} provisioned earlier in {self.venv}")
             return Provisioned(ours.python, ours.key, "present", "already there")
         have = f"llama-cpp-python {rt.llama_cpp}" if rt.llama_cpp else "no llama_cpp"
-        self.log(f"  {python} on the target has {have}{'' if rt.server or not server else ' (no server extra)'}: "
-                 f"installing llama-cpp-python {self.version} for {rt.key}")
+        lacks = "" if rt.ready(self.version, server=False, backend=self.backend) or not rt.llama_cpp else f" without {self.backend}"
+        self.log(f"  {python} on the target has {have}{lacks}{'' if rt.server or not server else ' (no server extra)'}: "
+                 f"installing llama-cpp-python {self.version}{'' if self.backend == 'cpu' else ' with ' + self.backend} for {rt.key}")
         venv_python = self._make_venv(rt)
         extras = "[server]" if server else ""
-        wheels = wheels_for(rt, self.transport.display)
+        wheels = wheels_for(rt, self.transport.display, self.backend)
         source = "wheelhouse"
         if not self._has_llama_wheel(wheels):
             source = self._fill_wheelhouse(rt, wheels, venv_python, extras)
         self._push_and_install(wheels, venv_python, extras)
         done = inspect_python(self.transport, venv_python)
-        if done is None or not done.ready(self.version, server=server):
+        if done is None or not done.ready(self.version, server=server, backend=self.backend):
             raise TargetError(f"{self.transport.display}: llama-cpp-python still not importable after installing into {self.venv}",
                               f"see pip's output above; the wheels are in {wheels}")
         self.log(f"  llama-cpp-python {self.version} installed in {self.venv} (from {source})")
@@ -220,13 +259,15 @@ class Provisioner:
             if self.offline:
                 raise self._missing(wheels, "(--offline: not downloading dependencies)")
             wheels.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(local_wheel(self.version, self.log), wheels)
+            shutil.copy2(local_wheel(self.version, self.log, backend=self.backend, env=build_env(self.backend, rt, settings.cmake_args())),
+                         wheels)
             pip_download(wheels, f"{DIST}{extras}=={self.version}", self.log)
             (wheels / "features.txt").write_text(" ".join(rt.flags) + "\n")
             return "this machine"
         if self.offline:
             raise self._missing(wheels, "(--offline: not building on the board)")
-        self._build_on_board(venv_python, wheels, f"{DIST}[server]=={self.version}")  # the extra too: built once per kind
+        self._build_on_board(venv_python, wheels, f"{DIST}[server]=={self.version}",  # the extra too: built once per kind
+                             build_env(self.backend, rt, settings.cmake_args()))
         (wheels / "features.txt").write_text(" ".join(rt.flags) + "\n")
         return "built on the board"
 
@@ -234,15 +275,20 @@ class Provisioner:
         return BadInputError(f"no llama-cpp-python {self.version} wheel for this kind of board in {wheels} {why}",
                              "run once without --offline (the first board of a kind builds it), or copy its wheels there")
 
-    def _build_on_board(self, venv_python: str, wheels: Path, requirement: str) -> None:
+    def _build_on_board(self, venv_python: str, wheels: Path, requirement: str, env: dict[str, str] | None = None) -> None:
         build = f"{self.root}/runtime/build"
         self.log(f"  building {requirement} on the board (the first board of a kind; tens of minutes on a Pi)")
         self.transport.run(["sh", "-c", 'rm -rf "$1" && mkdir -p "$1/wheels"', "sh", build], timeout=60)
         # Detached, so a dropped connection does not kill a half-hour build; polled through its log.
+        env = env or {}
+        # The backend's CMake switches travel as arguments ($4, $5), never spliced into the script;
+        # a backend build must not reuse a CPU wheel from the board's pip cache (--no-cache-dir).
         self.transport.run(["sh", "-c",
-                            'cd "$1" && nohup sh -c \'"$0" -m pip wheel --progress-bar off --wheel-dir wheels "$1"; echo $? > rc\' '
-                            '"$2" "$3" </dev/null >build.log 2>&1 &',
-                            "sh", build, venv_python, requirement], timeout=60)
+                            'cd "$1" && nohup env CMAKE_ARGS="$4" CUDACXX="$5" sh -c \'[ -n "$CUDACXX" ] || unset CUDACXX; '
+                            '"$0" -m pip wheel --progress-bar off $2 --wheel-dir wheels "$1"; echo $? > rc\' '
+                            '"$2" "$3" "$6" </dev/null >build.log 2>&1 &',
+                            "sh", build, venv_python, requirement, env.get("CMAKE_ARGS", ""), env.get("CUDACXX", ""),
+                            "--no-cache-dir" if env else ""], timeout=60)
         start = time.monotonic()
         while True:
             time.sleep(POLL_S)
@@ -295,6 +341,11 @@ class Provisioner:
         res = self.transport.run([venv_python, "-m", "pip", "install", "--no-index", "--find-links", remote,
                                   "--disable-pip-version-check", "--no-warn-script-location", f"{DIST}{extras}=={self.version}"],
                                  timeout=1800, check=False)
+        if res.ok and self.backend != "cpu":
+            # the venv may hold the CPU build of the same version, which pip calls satisfied: this
+            # kind's backend wheel replaces it
+            res = self.transport.run([venv_python, "-m", "pip", "install", "--no-index", "--find-links", remote, "--force-reinstall",
+                                      "--no-deps", "--disable-pip-version-check", f"{DIST}=={self.version}"], timeout=1800, check=False)
         if not res.ok:
             last = res.tail().splitlines()[-1] if res.tail() else ""
             raise TargetError(f"{self.transport.display}: pip install from the wheelhouse failed: {last}",
@@ -314,20 +365,22 @@ class Provisioner:
 # --- this machine's wheel ---------------------------------------------------------------------
 
 
-def local_wheel(version: str, log: Log, build_dir: Path | None = None) -> Path:
-    """This machine's llama-cpp-python wheel: pip's wheel cache, else built here (minutes)."""
-    found = find_cached_wheel(version)
+def local_wheel(version: str, log: Log, build_dir: Path | None = None, backend: str = "cpu", env: dict[str, str] | None = None) -> Path:
+    """This machine's llama-cpp-python wheel: pip's wheel cache (CPU builds only), else built here
+    (minutes; a GPU backend's build is kept in its own folder, wheels-built-<backend>)."""
+    found = find_cached_wheel(version) if backend == "cpu" else None
     if found is not None:
         log(f"  using this machine's llama-cpp-python {version} wheel from pip's cache ({found.name})")
         return found
-    out = build_dir or cache_dir() / "wheels-built"
+    out = build_dir or cache_dir() / ("wheels-built" if backend == "cpu" else f"wheels-built-{backend}")
     out.mkdir(parents=True, exist_ok=True)
     built = sorted(out.glob(f"llama_cpp_python-{version}-*.whl"))
     if built:
         return built[-1]
-    log(f"  building llama-cpp-python {version} here (no cached wheel; ~6 min on 2 cores)")
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-w", str(out),
-                          f"{DIST}=={version}"], capture_output=True, text=True)
+    log(f"  building llama-cpp-python {version}{'' if backend == 'cpu' else ' with ' + backend} here "
+        f"(no built wheel; ~6 min on 2 cores for the CPU, more for a GPU backend)")
+    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "--no-cache-dir", "-w", str(out),
+                          f"{DIST}=={version}"], capture_output=True, text=True, env={**os.environ, **(env or {})})
     built = sorted(out.glob(f"llama_cpp_python-{version}-*.whl"))
     if res.returncode != 0 or not built:
         raise BadInputError(f"could not build llama-cpp-python {version} here: {(res.stderr or res.stdout).strip()[-300:]}",

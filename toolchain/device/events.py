@@ -48,6 +48,8 @@ class RunSettings(TypedDict):
     decode_tokens: int
     model: str
     quant: str
+    backend: str
+    n_gpu_layers: int
 
 
 class StartEvent(Header):
@@ -118,6 +120,11 @@ class Result(TypedDict):
     load_before: float | None
     load_after: float | None
     cooled_s: float  # waited for a hot board to cool before the bench
+    backend: str  # what llama.cpp's load log says ran: cpu, cuda, vulkan, metal, opencl
+    device: str  # its device name (Vulkan0, CUDA0), "" on the CPU
+    gpu_layers_offloaded: int  # llama.cpp's "offloaded N/M layers to GPU" (N counts the output layer)
+    gpu_layers_total: int
+    device_memory_bytes: int  # model, KV and compute buffers on non-CPU devices
 
 
 class ResultEvent(Header, Result):

@@ -47,6 +47,7 @@ else:
 
 SETTINGS_FILE = "settings.json"
 KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids (stable ABI values)
+BACKENDS = ("cpu", "cuda", "metal", "vulkan", "opencl")  # what a plan may place a model on
 T = TypeVar("T")
 
 
@@ -69,11 +70,14 @@ class Settings:
     quant: str
     release_id: str
     prompts: list[str]
+    backend: str = "cpu"  # the plan's placement (settings of older bundles lack it: the CPU)
+    n_gpu_layers: int = 0  # llama.cpp's count: the output layer is the last one
 
     def start_settings(self) -> events.RunSettings:
         """What the start event reports as "settings" (the prompts are the release's, not a setting)."""
         return {"model_file": self.model_file, "threads": self.threads, "ctx": self.ctx, "kv_type": self.kv_type, "flash_attn": self.flash_attn,
-                "use_mmap": self.use_mmap, "n_batch": self.n_batch, "decode_tokens": self.decode_tokens, "model": self.model, "quant": self.quant}
+                "use_mmap": self.use_mmap, "n_batch": self.n_batch, "decode_tokens": self.decode_tokens, "model": self.model, "quant": self.quant,
+                "backend": self.backend, "n_gpu_layers": self.n_gpu_layers}
 
 
 def _field(doc: Mapping[str, object], key: str, kind: type[T], where: str) -> T:
@@ -93,7 +97,14 @@ def parse_settings(doc: object, where: str = SETTINGS_FILE) -> Settings:
     kv_type = _field(doc, "kv_type", str, where)
     if kv_type not in KV_TYPES:
         raise ValueError(f"{where}: kv_type {kv_type!r} is not one of {', '.join(sorted(KV_TYPES))}")
+    backend = doc.get("backend", "cpu")
+    n_gpu_layers = doc.get("n_gpu_layers", 0)
+    if backend not in BACKENDS:
+        raise ValueError(f"{where}: backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if not isinstance(n_gpu_layers, int) or isinstance(n_gpu_layers, bool) or not 0 <= n_gpu_layers <= 100000:
+        raise ValueError(f"{where}: n_gpu_layers should be a count of layers, found {n_gpu_layers!r}")
     return Settings(
+        backend=backend, n_gpu_layers=n_gpu_layers if backend != "cpu" else 0,
         model_file=_field(doc, "model_file", str, where), threads=_field(doc, "threads", int, where),
         ctx=_field(doc, "ctx", int, where), kv_type=kv_type, flash_attn=_field(doc, "flash_attn", bool, where),
         use_mmap=_field(doc, "use_mmap", bool, where), n_batch=_field(doc, "n_batch", int, where),
@@ -454,11 +465,65 @@ class RssWatcher:
 # --- model and decode loop ------------------------------------------------------------------
 
 
+class LoadLog:
+    """llama.cpp's own log of a model load, kept instead of printed: it is where llama.cpp says which
+    device each buffer went to and how many layers it offloaded (the API has no call for that)."""
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        self.lines: list[str] = []
+        self._lc = llama_cpp
+
+        def keep(level: int, text: bytes, user_data: object) -> None:
+            if len(self.lines) < 20000:
+                self.lines.append(text.decode("utf-8", errors="replace"))
+
+        self._cb = llama_cpp.llama_log_callback(keep)  # referenced: a collected callback would crash llama.cpp
+        llama_cpp.llama_log_set(self._cb, ctypes.c_void_p(0))
+
+    def placement(self) -> dict[str, object]:
+        return placement_from_log("".join(self.lines))
+
+
+_BUFFER = re.compile(r"^\S+:\s+(\S+?)(?:_Mapped|_Host)?\s+(?:model|KV|compute|output|RS) buffer size =\s+([\d.]+) MiB", re.MULTILINE)
+
+
+def placement_from_log(text: str) -> dict[str, object]:
+    """What a load's log says ran where: backend, device, layers offloaded, bytes on the devices."""
+    m = re.search(r"offloaded (\d+)/(\d+) layers to GPU", text)
+    dev = re.search(r"using device (\S+) \((.*?)\)(?: \([^)]*\))? - (\d+) MiB free", text)
+    on_device = 0.0
+    names: list[str] = []
+    for name, mib in _BUFFER.findall(text):
+        if name.upper() != "CPU" and not name.upper().startswith("CPU_"):
+            on_device += float(mib)
+            if name not in names:
+                names.append(name)
+    device = dev.group(1) if dev else (names[0] if names else "")
+    offloaded = int(m.group(1)) if m else 0
+    return {"backend": backend_of(device) if offloaded or names else "cpu", "device": device,
+            "device_description": dev.group(2) if dev else "",
+            "gpu_layers_offloaded": offloaded, "gpu_layers_total": int(m.group(2)) if m else 0,
+            "device_memory_bytes": int(on_device * (1 << 20))}
+
+
+def backend_of(device: str) -> str:
+    """llama.cpp device name -> planner backend: CUDA0 -> cuda, Vulkan0 -> vulkan, MTL0/Metal -> metal."""
+    d = device.lower()
+    for prefix, backend in (("cuda", "cuda"), ("vulkan", "vulkan"), ("mtl", "metal"), ("metal", "metal"),
+                            ("gpuopencl", "opencl"), ("opencl", "opencl")):
+        if d.startswith(prefix):
+            return backend
+    return d.rstrip("0123456789") or "cpu"
+
+
 def load(settings: Settings) -> llama_cpp.Llama:
     import llama_cpp
 
     return llama_cpp.Llama(
         model_path=model_path(settings),
+        n_gpu_layers=settings.n_gpu_layers,
         n_ctx=settings.ctx,
         n_threads=settings.threads,
         n_threads_batch=settings.threads,
@@ -556,10 +621,12 @@ def bench(args: argparse.Namespace, settings: Settings) -> int:
     import llama_cpp
 
     model_sha = sha256_of(os.path.realpath(model_path(settings)))
+    log = LoadLog()
     t0 = time.perf_counter()
     llm = load(settings)
     load_s = time.perf_counter() - t0
-    events.emit(out, events.LOADED, load_s=load_s, peak_rss_bytes=peak_rss_bytes())
+    placed = log.placement()
+    events.emit(out, events.LOADED, load_s=load_s, peak_rss_bytes=peak_rss_bytes(), **placed)
     dec = Decoder(llm, settings.n_batch)
 
     # Warm-up: page the weights in and let the CPU clocks settle before measuring.
@@ -645,6 +712,11 @@ def bench(args: argparse.Namespace, settings: Settings) -> int:
         "load_before": busy_result["load_before"],
         "load_after": busy_result["load_after"],
         "cooled_s": cooled_s,
+        "backend": str(placed["backend"]),
+        "device": str(placed["device"]),
+        "gpu_layers_offloaded": int(str(placed["gpu_layers_offloaded"])),
+        "gpu_layers_total": int(str(placed["gpu_layers_total"])),
+        "device_memory_bytes": int(str(placed["device_memory_bytes"])),
     }
     events.emit(out, events.RESULT, **result)
     return 0
@@ -654,7 +726,8 @@ def serve_argv(settings: Settings, host: str, port: int) -> list[str]:
     """llama_cpp.server's command line for this release's model and settings."""
     kv = str(KV_TYPES[settings.kv_type])
     return [sys.executable, "-m", "llama_cpp.server", "--model", model_path(settings), "--model_alias", settings.model,
-            "--n_ctx", str(settings.ctx), "--n_threads", str(settings.threads), "--n_threads_batch", str(settings.threads),
+            "--n_ctx", str(settings.ctx), "--n_gpu_layers", str(settings.n_gpu_layers),
+            "--n_threads", str(settings.threads), "--n_threads_batch", str(settings.threads),
             "--n_batch", str(settings.n_batch), "--use_mmap", str(settings.use_mmap), "--flash_attn", str(settings.flash_attn),
             "--type_k", kv, "--type_v", kv,
             # logits_all would keep ctx x vocab floats (800 MB at 4k context and a 49k vocabulary).

@@ -28,7 +28,8 @@ DEFAULT_STAGE_S = {"connect": 60.0, "probe": 300.0, "provision": 900.0, "calibra
 DEFAULT_JOB_S, DEFAULT_BOARD_S, DEFAULT_LOCK_WAIT_S = 7200.0, 3600.0, 600.0
 
 TOP_KEYS = {"name", "defaults", "labels", "boards", "timeouts", "retries", "lock", "history"}
-SETTING_KEYS = {"model", "quant", "budget", "ttft", "ctx", "threads", "plan", "probe", "strict_prediction", "timeouts"}
+SETTING_KEYS = {"model", "quant", "budget", "ttft", "ctx", "threads", "plan", "probe", "strict_prediction", "timeouts", "backend",
+                "gpu_layers"}
 TARGET_KEYS = {"target", "transport", "host", "user", "port", "serial", "device", "baud", "deploy_dir", "python", "board",
                "host_key", "login_user", "login_password_env"}
 # With `target:` only these may refine what the target string resolved to.
@@ -210,7 +211,7 @@ def _board(name: str, entry: object, where: str, base_dir: Path, defaults: Mappi
     request = _parse(lambda: build_plan_request(
         budget=None if budget_text is None else str(budget_text), ttft=ttft, ctx=get("ctx", int), models=_names(settings.get("model")),
         quants=_names(settings.get("quant")), threads=get("threads", int), plan_file=(base_dir / plan) if plan else None,
-        board=spec.board), f"{where}: {key}")
+        board=spec.board, backend=get("backend", str, "cpu"), gpu_layers=get("gpu_layers", int)), f"{where}: {key}")
     return LabBoard(
         name=name, spec=spec, labels=tuple(board_labels), request=request, quick_probe=probe == "quick",
         strict_prediction=bool(get("strict_prediction", bool, False)), timeouts=timeouts.timeouts,

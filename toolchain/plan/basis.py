@@ -4,20 +4,20 @@ local files -> options. The decisions themselves stay pure in planner.py."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from toolchain.core.errors import BadInputError
-from toolchain.core.nouns import Basis, HostFacts, Prediction
+from toolchain.core.nouns import Basis, HostFacts, Prediction, RuntimeDevice
+from toolchain.device.runner import BACKENDS  # one list: the runner checks settings.json against it
 from toolchain.models.catalog import ModelEntry, check_quant, entry_from_gguf, lookup
 from toolchain.models.gguf_reader import read_gguf
 from toolchain.models.sources import WheelSource, availability, cached_path
 from toolchain.plan import calibration
 from toolchain.plan.boards import DEVICE_CLASSES, BoardSpec
+from toolchain.plan.placement import DeviceMemory
 from toolchain.plan.select import Option
 from toolchain.plan.sizing import QUANT_FACTORS, SpeedBasis, normalize_isa
-
-BACKENDS = ("cpu", "cuda", "metal", "vulkan", "opencl")
 
 # Decode efficiency: the fraction of the planner's bandwidth figure (a measured read rate, else
 # 0.7 x the peak) that llama.cpp's decode reaches, per device class and backend, with the fixed
@@ -102,6 +102,8 @@ class Overrides:
     efficiency: float | None = None
     backend: str = "cpu"
     threads: int | None = None
+    gpu_layers: int | None = None  # --gpu-layers: repeating layers on the accelerator (None: as many as fit)
+    device_memory_bytes: int | None = None  # --device-memory: the accelerator's free memory, in place of the probe's
 
 
 def build_basis(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides,
@@ -119,9 +121,11 @@ def build_basis(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides,
     dev_class = ov.device_class or (board.device_class if board else _device_class(facts))
     if ov.backend != "cpu" and board is not None and ov.backend not in board.backends:
         raise BadInputError(f"backend {ov.backend} is not usable on {board.id}", f"usable backends: {', '.join(board.backends)}")
-    if ov.backend != "cpu" and board is None and facts is not None and not _facts_have_backend(facts, ov.backend):
-        raise BadInputError(f"backend {ov.backend} is not usable on {facts.target} (the probe found no such llama.cpp backend)",
-                            "plan with --backend cpu, or install a llama-cpp-python built for it")
+    if ov.backend != "cpu" and facts is not None and not _facts_have_backend(facts, ov.backend):
+        has = ", ".join(facts.runtime.llama_cpp_backends)
+        raise BadInputError(f"backend {ov.backend} is not in {facts.target}'s llama-cpp-python (its llama.cpp has: {has})",
+                            f"build it there with CMAKE_ARGS='{cmake_flags(ov.backend)}' pip install --no-cache-dir "
+                            f"'llama-cpp-python=={facts.runtime.llama_cpp or ''}', or plan with --backend cpu")
     usable = _usable(facts, board, ov)
     bw, bw_src = _bandwidth(facts, board, ov, dev_class)
     eta_default, overhead = DEFAULT_EFFICIENCY.get((dev_class, ov.backend), GPU_FALLBACK)
@@ -172,9 +176,45 @@ def build_basis(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides,
         backend=ov.backend, device_class=dev_class, memory_offset_bytes=mem_offset, per_layer_overhead_s=per_layer,
         confidence=confidence,
     )
+    host: SpeedBasis | None = None
+    if ov.backend != "cpu":  # layers left on the CPU (a partial offload) run on the CPU's basis
+        host = build_basis(facts, board, replace(ov, backend="cpu", efficiency=None), records)[1]
     speed = SpeedBasis(bw, eff, flops, overhead, storage, tuple(sorted(factors.items())), isa=isa, backend=ov.backend,
-                       per_layer_overhead_s=per_layer, memory_offset_bytes=mem_offset, interval=interval, per_row_s=per_row)
+                       per_layer_overhead_s=per_layer, memory_offset_bytes=mem_offset, interval=interval, per_row_s=per_row,
+                       device_memory=device_memory(facts, ov, dev_class), gpu_layers=ov.gpu_layers, host=host)
     return basis, speed, threads
+
+
+def cmake_flags(backend: str) -> str:
+    """The CMake switch that builds llama.cpp with a backend (llama-cpp-python reads CMAKE_ARGS)."""
+    from toolchain.deploy.provision import CMAKE_FLAGS
+
+    return CMAKE_FLAGS.get(backend, "")
+
+
+def device_memory(facts: HostFacts | None, ov: Overrides, dev_class: str) -> DeviceMemory:
+    """What the accelerator holds for a plan: None on unified memory (the GPU reads the host's RAM,
+    already sized), else --device-memory, else the free memory llama.cpp's registry reported."""
+    dev = _runtime_device(facts, ov.backend)
+    name = dev.name if dev else ""
+    if ov.backend == "cpu":
+        return DeviceMemory(None)
+    if ov.device_memory_bytes is not None:
+        return DeviceMemory(ov.device_memory_bytes, name, "--device-memory")
+    if dev_class in UNIFIED_MEMORY_CLASSES or (dev is not None and dev.type == "igpu"):
+        return DeviceMemory(None, name, "unified memory")
+    if dev is not None and dev.memory_free_bytes > 0:
+        return DeviceMemory(dev.memory_free_bytes, name, f"free on {dev.name} ({dev.description}), from llama.cpp's device registry")
+    return DeviceMemory(None, name, "device memory unknown: all layers planned on it")
+
+
+def _runtime_device(facts: HostFacts | None, backend: str) -> RuntimeDevice | None:
+    from toolchain.device.runner import backend_of
+
+    for d in facts.runtime.llama_cpp_devices if facts is not None else []:
+        if d.type != "cpu" and backend_of(d.name) == backend:
+            return d
+    return None
 
 
 def _fitted_interval(fit: calibration.DeviceFit) -> tuple[float, float]:
@@ -236,7 +276,9 @@ def _bandwidth(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides, 
 
 def _facts_have_backend(facts: HostFacts, backend: str) -> bool:
     names = {b.lower() for b in facts.runtime.llama_cpp_backends}
-    return not names or any(backend in n for n in names)  # unknown (quick probe): do not refuse
+    if not names or not facts.runtime.llama_cpp:
+        return True  # unknown (quick probe) or no llama_cpp yet (provisioning builds it for the plan's backend)
+    return any(backend in n for n in names)
 
 
 def _device_class(facts: HostFacts | None) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from toolchain.core.config import field as config_field
 from toolchain.core.config import load_json, load_yaml
@@ -17,7 +17,11 @@ from toolchain.core.nouns import Budget, HostFacts, Plan, Prediction
 from toolchain.core.paths import profiles_dir
 from toolchain.core.serde import from_dict
 from toolchain.core.units import parse_budget, parse_duration_ms, parse_rate, parse_size
-from toolchain.plan.basis import BACKENDS, Overrides
+from toolchain.device.runner import BACKENDS
+from toolchain.plan.basis import Overrides
+
+if TYPE_CHECKING:
+    from toolchain.plan.select import Option
 
 DEFAULT_BUDGET = "120ms"  # average human reading speed: 8.33 tokens/s
 
@@ -42,7 +46,8 @@ def build_plan_request(
     quants: list[str] | tuple[str, ...] = (), allow_low_bit: bool = False, offline: bool | None = None, board: str | None = None,
     ram: str | None = None, bandwidth: str | None = None, storage_read: str | None = None, bandwidth_share: float = 1.0,
     efficiency: float | None = None, backend: str = "cpu", threads: int | None = None, plan_file: Path | None = None,
-    peak_bandwidth: str | None = None, device_class: str | None = None,
+    peak_bandwidth: str | None = None, device_class: str | None = None, gpu_layers: int | None = None,
+    device_memory: str | None = None,
 ) -> PlanRequest:
     """User text -> PlanRequest. Raises BadInputError naming the option (callers add where it came from)."""
     if ctx is not None and ctx < 16:
@@ -53,8 +58,12 @@ def build_plan_request(
         raise BadInputError(f"--bandwidth-share {bandwidth_share} is outside (0, 1]", "e.g. 0.5 leaves half the bandwidth to other apps")
     if efficiency is not None and not (math.isfinite(efficiency) and 0 < efficiency <= 1.5):
         raise BadInputError(f"--efficiency {efficiency} is outside (0, 1.5]", "the fraction of bandwidth decode reaches, e.g. 0.8")
-    if backend not in BACKENDS:
-        raise BadInputError(f"unknown backend {backend!r}", f"use {', '.join(BACKENDS)}")
+    if backend not in (*BACKENDS, AUTO):
+        raise BadInputError(f"unknown backend {backend!r}", f"use {', '.join(BACKENDS)} or {AUTO}")
+    if gpu_layers is not None and (gpu_layers < 0 or gpu_layers > 100000):
+        raise BadInputError(f"--gpu-layers {gpu_layers} is not a layer count", "give 0 (all on the CPU) up to the model's layers")
+    if gpu_layers is not None and backend == "cpu":
+        raise BadInputError("--gpu-layers needs a GPU backend", "add --backend cuda, metal, vulkan, opencl or auto")
     paths, ids = [], []
     for m in models:
         if m.endswith(".gguf") or Path(m).is_file():
@@ -67,7 +76,8 @@ def build_plan_request(
         peak_bandwidth_bytes_per_s=parse_rate(peak_bandwidth, "--peak-bandwidth") if peak_bandwidth else None,
         device_class=_device_class(device_class),
         storage_read_bytes_per_s=parse_rate(storage_read, "--storage-read") if storage_read else None,
-        bandwidth_share=bandwidth_share, efficiency=efficiency, backend=backend, threads=threads,
+        bandwidth_share=bandwidth_share, efficiency=efficiency, backend=backend, threads=threads, gpu_layers=gpu_layers,
+        device_memory_bytes=parse_size(device_memory, "--device-memory") if device_memory else None,
     )
     return PlanRequest(budget=resolve_budget(budget or DEFAULT_BUDGET, ttft), budget_given=budget is not None, plan_file=plan_file,
                        ctx=ctx, models=tuple(ids), quants=tuple(quants), paths=tuple(paths), allow_low_bit=allow_low_bit,
@@ -115,11 +125,55 @@ def plan_for(facts: HostFacts | None, req: PlanRequest, *, target_kind: str = "l
 
     board_id = req.board or target_board
     board: BoardSpec | None = lookup_board(load_boards(), board_id) if board_id else None
-    basis, speed, threads = build_basis(facts, board, req.overrides)
     offline = req.offline if req.offline is not None else target_kind == "local"
     options = build_options(load_catalog(), offline_sources(), models=req.models, quants=req.quants, paths=req.paths)
-    opts = PlanOptions(ctx=req.ctx, threads=threads, allow_low_bit=req.allow_low_bit, require_available=offline)
-    return make_plan(options, basis, speed, req.budget, opts, target=facts.target if facts else (board.id if board else "what-if"))
+    name = facts.target if facts else (board.id if board else "what-if")
+    _check_gpu_layers(req, options)
+
+    def one(backend: str) -> Plan:
+        basis, speed, threads = build_basis(facts, board, replace(req.overrides, backend=backend))
+        opts = PlanOptions(ctx=req.ctx, threads=threads, allow_low_bit=req.allow_low_bit, require_available=offline)
+        return make_plan(options, basis, speed, req.budget, opts, target=name)
+
+    if req.overrides.backend != AUTO:
+        return one(req.overrides.backend)
+    plans = [one(b) for b in auto_backends(facts, board)]
+    best = max(plans, key=_auto_rank)
+    if best.selected is not None and len(plans) > 1:
+        others = ", ".join(f"{p.basis.backend} {p.selected.predicted.decode_tokens_per_s:.1f} tok/s ({p.selected.model} {p.selected.quant})"
+                           for p in plans if p.selected is not None and p is not best)
+        note = f"--backend auto: {best.basis.backend}, the fastest backend the runtime has" + (f" (beside {others})" if others else "")
+        best = replace(best, selected=replace(best.selected, notes=[*best.selected.notes, note]))
+    return best
+
+
+AUTO = "auto"
+
+
+def auto_backends(facts: HostFacts | None, board: object | None) -> list[str]:
+    """What --backend auto chooses among: the backends the board's llama.cpp really loads (the
+    probe's registry listing), else the board database's, the CPU always."""
+    have = [b for b in (facts.runtime.llama_cpp_backends if facts is not None else []) if b in BACKENDS]
+    if not have and facts is None and board is not None:
+        have = [b for b in getattr(board, "backends", []) if b in BACKENDS]
+    return list(dict.fromkeys(["cpu", *have]))
+
+
+def _auto_rank(plan: Plan) -> tuple[int, float]:
+    """The largest model that fits, then the fastest."""
+    sel = plan.selected
+    return (sel.params, sel.predicted.decode_tokens_per_s) if sel is not None else (-1, 0.0)
+
+
+def _check_gpu_layers(req: PlanRequest, options: list[Option]) -> None:
+    n = req.overrides.gpu_layers
+    if n is None or not options:
+        return
+    most = max(o.entry.arch.n_layer for o in options)
+    if n > most:
+        names = sorted({o.entry.id for o in options if o.entry.arch.n_layer == most})
+        raise BadInputError(f"--gpu-layers {n} is more than the {most} layers of {', '.join(names[:3])}",
+                            f"give at most {most} (all of them), or leave --gpu-layers out to offload as many as fit")
 
 
 def load_plan(req: PlanRequest) -> Plan:

@@ -11,17 +11,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from toolchain.core.nouns import Basis, Budget, Candidate, Plan, Prediction, Selected
+from toolchain.core.nouns import Basis, Budget, Candidate, Placement, Plan, Prediction, Selected
 from toolchain.core.units import fmt_bytes
 from toolchain.models.catalog import TERNARY_QUANTS, ModelEntry
 from toolchain.models.gguf_reader import GGUFInfo
 from toolchain.plan import sizing
+from toolchain.plan.placement import place, split_seconds
 from toolchain.plan.sizing import (
     KV_TYPES,
     SpeedBasis,
     Weights,
     active_params,
+    compute_buffer_bytes,
     decode_seconds,
+    kv_cache_bytes,
     kv_read_bytes,
     prefill_tokens_per_s,
     weights_estimate,
@@ -143,6 +146,11 @@ def _evaluate(opt: Option, basis: Basis, speed: SpeedBasis, budget: Budget, opts
         if ttft_ms > budget.ttft_ms:
             reasons.append(f"predicted time to first token {ttft_ms:.0f} ms > {budget.ttft_ms:g} ms budget")
             fixes.append(f"a time-to-first-token budget of {math.ceil(ttft_ms)}ms would fit")
+    if chosen is not None and speed.backend != "cpu":
+        placed = _placement(w, entry, ctx, chosen[1], speed)
+        if isinstance(placed, str):
+            reasons.append(placed)
+            fixes.append("a smaller model or quant, --gpu-layers with fewer layers, or --backend cpu")
     fits = chosen is not None and not reasons
     if reasons:  # how near it came (the nearest miss) is judged on the smallest of every KV type
         resident += [(kv, _predict(w, entry, ctx, kv, speed, opts)) for kv in opts.kv_types[len(resident):]]
@@ -168,10 +176,14 @@ def _evaluate(opt: Option, basis: Basis, speed: SpeedBasis, budget: Budget, opts
                      "so decode depends on storage speed and page-cache pressure. This is not a resident plan.")
     if w.estimated:
         notes.append("file size estimated from the architecture and quant recipe")
+    placement = _placement(w, entry, ctx, kv_type, speed)
+    assert not isinstance(placement, str)  # a placement that failed is a reason above
+    if placement.backend != "cpu" or speed.backend != "cpu":
+        notes.append(f"placement: {placement.reason}")
     sel = Selected(
         model=entry.id, quant=opt.quant, params=entry.params, file_bytes=opt.file_bytes or w.total_bytes, ctx=ctx,
         kv_type=kv_type, threads=opts.threads, mode=mode, predicted=chosen[0], flash_attn=kv_type != "f16",
-        use_mmap=True, gguf_path=opt.local.path if opt.local else None, notes=notes,
+        use_mmap=True, gguf_path=opt.local.path if opt.local else None, notes=notes, placement=placement,
     )
     return _Eval(cand, sel, w, ratio)
 
@@ -192,6 +204,18 @@ def _predict(w: Weights, entry: ModelEntry, ctx: int, kv_type: str, speed: Speed
                              by_type=by_type, rows=w.per_token_rows)
     peak = mem.peak_bytes + speed.memory_offset_bytes
     bench = mem.bench_bytes + speed.memory_offset_bytes
+    placed = _placement(w, entry, ctx, kv_type, speed) if speed.backend != "cpu" else None
+    gpu_layers, on_device = 0, 0
+    if isinstance(placed, Placement):
+        gpu_layers, on_device = placed.gpu_layers, placed.device_memory_bytes
+        if speed.host is not None and placed.gpu_layers < a.n_layer:  # some or all layers on the CPU
+            host_s = decode_seconds(per_token - streamed, speed.host, family=family, n_layer=a.n_layer, streamed_bytes=streamed,
+                                    by_type=by_type, rows=w.per_token_rows)
+            seconds = split_seconds(placed, seconds, speed.per_token_overhead_s, host_s, speed.host.per_token_overhead_s)
+        if placed.offloaded and placed.device_budget_bytes is not None:
+            # a discrete GPU's own memory holds these: host RAM keeps the rest (its compute buffer too)
+            moved = max(0, on_device - mem.compute_bytes)
+            peak, bench = max(0, peak - moved), max(0, bench - moved)
     if cap is not None:  # streaming: the page cache takes whatever RAM is left
         peak, bench = min(peak, cap), min(bench, cap)
     lo, hi = speed.interval
@@ -206,8 +230,17 @@ def _predict(w: Weights, entry: ModelEntry, ctx: int, kv_type: str, speed: Speed
         bytes_per_token=int(per_token), streamed_bytes_per_token=int(streamed), bench_rss_bytes=int(bench),
         repack_bytes=mem.repack_bytes, kernel_family=family, efficiency=round(speed.efficiency * speed.factor(family), 4),
         per_token_overhead_s=round(speed.overhead_s(a.n_layer), 6),
-        bytes_by_type={t: int(n) for t, n in sorted(by_type.items())},
+        bytes_by_type={t: int(n) for t, n in sorted(by_type.items())}, gpu_layers=gpu_layers, device_memory_bytes=on_device,
     )
+
+
+def _placement(w: Weights, entry: ModelEntry, ctx: int, kv_type: str, speed: SpeedBasis) -> Placement | str:
+    """Where its layers go on the plan's backend (plan/placement.py), or why the accelerator holds none."""
+    a = entry.arch
+    kv = kv_cache_bytes(a, ctx, kv_type)
+    compute = compute_buffer_bytes(a, sizing.UBATCH, ctx, kv_type != "f16")
+    return place(speed.backend, a.n_layer, w.total_bytes, kv, compute, speed.device_memory, speed.gpu_layers,
+                 flash_attn=kv_type != "f16")
 
 
 def _predict_stream(w: Weights, entry: ModelEntry, ctx: int, resident: list[tuple[str, Prediction]], usable: int,

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from toolchain.models.catalog import Arch, ModelEntry
 from toolchain.models.gguf_reader import GGUFInfo
+from toolchain.plan.placement import DeviceMemory
 
 # (block size, bytes per block) per ggml type; mirrors gguf.GGML_QUANT_SIZES (kept here so the
 # planner stays import-light and pure).
@@ -354,6 +355,11 @@ class SpeedBasis:
     memory_offset_bytes: int = 0  # this device's measured-minus-predicted RSS, added to predictions
     interval: tuple[float, float] = (1.0, 1.0)  # measured / predicted tok/s expected within (low, high)
     per_row_s: float = 0.0  # per matrix row a token's matmuls produce (0: not known; the calibration measures it)
+    # placement on an accelerator backend: what its memory holds, a --gpu-layers override, and the
+    # CPU's own basis for the layers a partial offload leaves on the host
+    device_memory: DeviceMemory = field(default_factory=lambda: DeviceMemory(None))
+    gpu_layers: int | None = None
+    host: SpeedBasis | None = None
 
     def factor(self, family: str) -> float:
         return dict(self.quant_factors).get(family, 1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from toolchain.core.nouns import BandwidthFacts, CpuCluster, HostFacts, RuntimeFacts, StorageFacts, ThermalFacts, Unknown
+from toolchain.core.nouns import BandwidthFacts, CpuCluster, HostFacts, RuntimeDevice, RuntimeFacts, StorageFacts, ThermalFacts, Unknown
 from toolchain.probe.accelerators import accelerators
 from toolchain.probe.cpu import cpu_facts
 from toolchain.probe.identity import arch_note, board_facts, os_facts
@@ -13,7 +13,15 @@ from toolchain.probe.memory import memory_facts
 from toolchain.probe.parsers.accel import parse_pmic, parse_tegrastats
 from toolchain.probe.parsers.cpu import parse_cpufreq, parse_cpuinfo, parse_nproc
 from toolchain.probe.parsers.memory import parse_cgroup, parse_meminfo, parse_oom, parse_swaps
-from toolchain.probe.parsers.runtime import backends_from_system_info, parse_llama, parse_membw, parse_runtime, parse_storage_read
+from toolchain.probe.parsers.runtime import (
+    backend_names,
+    backends_from_system_info,
+    llama_devices,
+    parse_llama,
+    parse_membw,
+    parse_runtime,
+    parse_storage_read,
+)
 from toolchain.probe.parsers.storage import parse_storage
 from toolchain.probe.parsers.system import parse_darwin, parse_getprop, parse_os_release, parse_uname
 from toolchain.probe.parsers.thermal import parse_power, parse_thermal, parse_throttled
@@ -26,7 +34,7 @@ def assemble_facts(raw: dict[str, str], *, target: str, deploy_dir: str, elapsed
     props = parse_getprop(raw.get("getprop", ""))
     darwin = parse_darwin(raw.get("darwin", ""))
     cpuinfo = parse_cpuinfo(raw.get("cpuinfo", ""))
-    runtime = _runtime(raw, quick, unknown)
+    runtime = runtime_from(raw, quick, unknown)
     board = board_facts(raw, props, darwin, cpuinfo, unknown)
     os = os_facts(raw, uname, parse_os_release(raw.get("os_release", "")), props, darwin, unknown)
     cpu = cpu_facts(cpuinfo, parse_cpufreq(raw.get("cpufreq", "")), parse_nproc(raw.get("nproc", "")), uname["machine"], darwin, unknown)
@@ -52,7 +60,7 @@ def _cpu_name(clusters: list[CpuCluster], model: str | None) -> str | None:
     return " + ".join(dict.fromkeys(names)) if names else model
 
 
-def _runtime(raw: dict[str, str], quick: bool, unknown: list[Unknown]) -> RuntimeFacts:
+def runtime_from(raw: dict[str, str], quick: bool, unknown: list[Unknown]) -> RuntimeFacts:
     data = parse_runtime(raw.get("runtime", ""))
     if data is None:
         unknown.append(Unknown("runtime.python", "python3 did not run on the target"))
@@ -63,12 +71,16 @@ def _runtime(raw: dict[str, str], quick: bool, unknown: list[Unknown]) -> Runtim
     version = data.get("llama_cpp")
     checked = "package metadata (not imported: --quick)" if version else ""
     info, offload, error = None, None, None
+    devices: list[RuntimeDevice] = []
     if llama is not None and version:
         checked = "imported"
         version = llama.get("version") or version
         info, error, offload = llama.get("system_info"), llama.get("error"), llama.get("gpu_offload")
         if info is not None:
             backends = backends_from_system_info(info) or backends
+        devices = llama_devices(llama.get("devices") or [])
+        if devices:  # the registry names what loads (system_info also lists a backend with no device)
+            backends = backend_names(devices)
         if error:
             unknown.append(Unknown("runtime.llama_cpp_backends", f"llama_cpp is installed but does not import: {error}"))
     elif version and not quick:
@@ -78,6 +90,7 @@ def _runtime(raw: dict[str, str], quick: bool, unknown: list[Unknown]) -> Runtim
         python=data["python"], python_path=data.get("python_path"), llama_cpp=version, llama_cpp_backends=backends,
         pip=data.get("pip", False), python_bits=bits if bits in (32, 64) else None,
         llama_cpp_checked=checked, llama_cpp_system_info=info, gpu_offload=offload, llama_cpp_error=error,
+        llama_cpp_devices=devices,
     )
 
 

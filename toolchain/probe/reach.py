@@ -37,3 +37,16 @@ def probe_target(spec: TargetSpec, transport: Transport, root: str, events: Even
     spec = replace(spec, python=target_python(spec))
     with (events or NullEvents()).busy(f"probing {spec.name}"):
         return run_probe(transport, spec, deploy_dir=root, quick=quick, record=record)
+
+
+def runtime_facts(transport: Transport, python: str, facts: HostFacts) -> HostFacts:
+    """facts with the runtime of `python` (the one provisioning chose, which may not be the one the
+    probe ran): its llama.cpp backends and devices are what a plan's backend is checked against."""
+    from toolchain.device import device_source
+    from toolchain.probe.assemble import runtime_from
+
+    raw = {}
+    for key, name in (("runtime", "runtime_info.py"), ("llama", "llama_info.py")):
+        raw[key] = transport.run([python, "-c", device_source(name)], timeout=120, check=False).stdout
+    unknown = [u for u in facts.unknown if not u.fact.startswith("runtime.")]
+    return replace(facts, runtime=runtime_from(raw, False, unknown), unknown=unknown)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from toolchain.core.nouns import Budget, Check, Selected, Telemetry, Verdict
+from toolchain.core.nouns import Budget, Check, Placement, Selected, Telemetry, Verdict
 
 PREDICTION_TOLERANCE = 0.25  # relative; beyond this the prediction check warns
 
@@ -24,6 +24,10 @@ def validate(
         Check("fits memory", tel.peak_rss_bytes <= usable_memory_bytes, tel.peak_rss_bytes, usable_memory_bytes,
               "peak RSS (VmHWM) vs usable memory"),
     ]
+    checks.append(placement_check(sel.placement, tel))
+    if sel.placement.offloaded and sel.placement.device_budget_bytes is not None:
+        checks.append(Check("fits device memory", tel.device_memory_bytes <= sel.placement.device_budget_bytes, tel.device_memory_bytes,
+                            sel.placement.device_budget_bytes, f"llama.cpp's buffers on {tel.device or sel.placement.device} vs its free memory"))
     if budget.ttft_ms is not None:
         checks.append(Check("time to first token", tel.ttft_s * 1000.0 <= budget.ttft_ms, round(tel.ttft_s * 1000.0, 1), budget.ttft_ms))
     pred = sel.predicted
@@ -65,6 +69,28 @@ def validate(
     checks.append(Check("quiet board", busy is None, busy or ("quiet" if tel.bench_wall_s > 0 else "not measured by this runner"), "no other load",
                         "CPU time of other processes, steal and throttling during the timed part", "warning"))
     return Verdict(passed=all(c.passed for c in checks if c.severity == "error"), checks=checks)
+
+
+def placement_check(p: Placement, tel: Telemetry) -> Check:
+    """The planned placement against what llama.cpp's load log says ran: a GPU plan run on the CPU
+    (or the reverse) is a failure, never a pass beside a CPU speed."""
+    ran = tel.gpu_layers_offloaded
+    planned = p.n_gpu_layers()
+    where = p.backend.upper() if p.backend in ("cuda", "opencl") else p.backend.capitalize()
+    if not p.offloaded:
+        ok = ran == 0
+        detail = "planned on the CPU" + ("" if ok else f", but llama.cpp offloaded {ran} layers to {tel.device or tel.backend}")
+        return Check("placement", ok, f"{ran} layers offloaded", "0 (CPU)", detail)
+    # llama.cpp counts the output layer: all of a 30-layer model is "31/31"
+    ok = tel.backend == p.backend and ran == planned
+    detail = f"planned {p.gpu_layers} of {p.n_layer} layers on {where}{f' ({p.device})' if p.device else ''}, {ran} offloaded"
+    if ran == 0:
+        detail += f": the runtime is CPU-only (llama-cpp-python built without {p.backend})" if tel.backend == "cpu" else ""
+    elif tel.backend != p.backend:
+        detail += f", to {tel.device or tel.backend} ({tel.backend}, not {p.backend})"
+    elif tel.device:
+        detail += f" on {tel.device}"
+    return Check("placement", ok, f"{ran} layers on {tel.backend}", f"{planned} on {p.backend}", detail)
 
 
 NOISE_SENSITIVE = ("decode budget", "prediction decode", "time to first token")

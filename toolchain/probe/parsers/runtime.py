@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Required, TypedDict
 
+from toolchain.core.nouns import RuntimeDevice
 from toolchain.core.serde import typed_dict_from
 from toolchain.probe.parsers.text import parse_json_line
 
@@ -28,6 +29,8 @@ class LlamaInfo(TypedDict, total=False):
     version: str | None
     system_info: str
     gpu_offload: bool
+    devices: list[dict[str, object]]  # llama.cpp's backend registry (see llama_devices)
+    devices_error: str
     error: str
 
 
@@ -99,3 +102,32 @@ def backends_from_system_info(info: str) -> list[str]:
 def system_info_features(info: str) -> list[str]:
     """The ISA switches llama.cpp was built with and found: 'NEON = 1' -> 'neon'."""
     return [m.lower() for m, on in re.findall(r"\b([A-Z][A-Z0-9_]*) = (\d+)", info) if on != "0"]
+
+
+def llama_devices(items: list[dict[str, object]]) -> list[RuntimeDevice]:
+    """device/llama_info.py's registry listing -> RuntimeDevice (entries with no name, or more than
+    64 of them, are a misbehaving board's and dropped)."""
+    out: list[RuntimeDevice] = []
+    for d in items[:64]:
+        name, backend = d.get("name"), d.get("backend")
+        if not isinstance(name, str) or not name or not isinstance(backend, str):
+            continue
+        free, total = d.get("memory_free_bytes"), d.get("memory_total_bytes")
+        desc, kind = d.get("description"), d.get("type")
+        out.append(RuntimeDevice(name=name[:64], backend=backend[:32], description=desc[:200] if isinstance(desc, str) else "",
+                                 type=kind if kind in ("cpu", "gpu", "igpu", "accel") else "unknown",
+                                 memory_free_bytes=free if isinstance(free, int) and free >= 0 else 0,
+                                 memory_total_bytes=total if isinstance(total, int) and total >= 0 else 0))
+    return out
+
+
+def backend_names(devices: list[RuntimeDevice]) -> list[str]:
+    """The planner's backend names the registry's devices give: Vulkan -> vulkan, MTL/Metal -> metal."""
+    from toolchain.device.runner import backend_of
+
+    names: list[str] = []
+    for d in devices:
+        b = "cpu" if d.type == "cpu" else backend_of(d.backend if d.backend.lower() != "mtl" else "metal")
+        if b not in names:
+            names.append(b)
+    return names
