@@ -486,20 +486,24 @@ class LoadLog:
         return placement_from_log("".join(self.lines))
 
 
-_BUFFER = re.compile(r"^\S+:\s+(\S+?)(?:_Mapped|_Host)?\s+(?:model|KV|compute|output|RS) buffer size =\s+([\d.]+) MiB", re.MULTILINE)
+# "load_tensors:        CUDA0 model buffer size =  6507.27 MiB"; CPU, CPU_Mapped, CPU_REPACK and
+# CUDA_Host (pinned host memory) buffers are host RAM; Metal_Mapped is the GPU's view of the file.
+_BUFFER = re.compile(r"^(?:\[[^\]]*\] \w )?\S+:\s+(\S+)\s+(?:model|KV|compute|output|RS) buffer size =\s+([\d.]+) MiB", re.MULTILINE)
 
 
 def placement_from_log(text: str) -> dict[str, object]:
     """What a load's log says ran where: backend, device, layers offloaded, bytes on the devices."""
-    m = re.search(r"offloaded (\d+)/(\d+) layers to GPU", text)
+    m = re.search(r"offloaded (\d+)/(\d+) layers to GPU", text)  # llama.cpp's load_tensors says it so
     dev = re.search(r"using device (\S+) \((.*?)\)(?: \([^)]*\))? - (\d+) MiB free", text)
     on_device = 0.0
     names: list[str] = []
     for name, mib in _BUFFER.findall(text):
-        if name.upper() != "CPU" and not name.upper().startswith("CPU_"):
-            on_device += float(mib)
-            if name not in names:
-                names.append(name)
+        if name.upper() == "CPU" or name.upper().startswith("CPU_") or name.endswith("_Host"):
+            continue
+        name = name[:-len("_Mapped")] if name.endswith("_Mapped") else name  # Python 3.8: no removesuffix
+        on_device += float(mib)
+        if name not in names:
+            names.append(name)
     device = dev.group(1) if dev else (names[0] if names else "")
     offloaded = int(m.group(1)) if m else 0
     return {"backend": backend_of(device) if offloaded or names else "cpu", "device": device,
