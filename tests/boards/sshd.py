@@ -39,7 +39,9 @@ class SshBoard:
 
     host = "127.0.0.1"
 
-    def __init__(self, board: str | Path, *, port: int | None = None, memory_limit_bytes: int | None = None) -> None:
+    def __init__(self, board: str | Path, *, port: int | None = None, memory_limit_bytes: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.env = dict(env or {})  # more variables every session gets (sshd's SetEnv), e.g. a GPU driver's switch
         self.board_dir = board_path(board)
         self.name = self.board_dir.name
         self.user = _current_user()
@@ -153,7 +155,8 @@ class SshBoard:
             f"Subsystem sftp {sftp if sftp.exists() else 'internal-sftp'}\n"
             # Sessions get sshd's default PATH; the board's tools go first.
             f"SetEnv PATH={bin_dir}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-            f" EDGEDEPLOY_BOARD={self.board_dir} EDGEDEPLOY_BOARD_BIN={bin_dir}\n"
+            f" EDGEDEPLOY_BOARD={self.board_dir} EDGEDEPLOY_BOARD_BIN={bin_dir}"
+            + "".join(f" {k}={v}" for k, v in sorted(self.env.items())) + "\n"
         )
         self.known_hosts_path.write_text(f"[{self.host}]:{self.port} {self._host_key_line}\n")
         self.ssh_config_path.write_text(

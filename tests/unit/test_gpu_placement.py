@@ -70,6 +70,7 @@ def test_registry_entries_from_a_board_are_checked() -> None:
     ("jetson-agx-orin-cuda.txt", "cuda", "CUDA0", 37, 37, 6507.27 + 576 + 304),  # CUDA_Host is pinned host RAM
     ("rtx-partial-cuda.txt", "cuda", "CUDA0", 20, 33, 2514.06 + 320 + 296),
     ("apple-m2-metal.txt", "metal", "Metal", 29, 29, 934.12 + 112 + 299.75),
+    ("lavapipe-vulkan.txt", "vulkan", "Vulkan0", 31, 31, 92.10 + 5.62 + 49.12),  # recorded here: Vulkan_Host is host RAM
 ])
 def test_the_load_log_tells_the_placement(log: str, backend: str, device: str, offloaded: int, total: int, device_mib: float) -> None:
     p = runner.placement_from_log((LOGS / log).read_text())
@@ -221,3 +222,17 @@ def test_the_cli_refuses_bad_placement_in_one_line(tmp_path: Path, cli_env: dict
         assert msg in proc.stderr and "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines()[0].startswith("error:") and "hint:" in proc.stderr
 
+
+
+def test_the_dry_load_checks_the_accelerators_memory_too() -> None:
+    from toolchain.core.nouns import Prediction
+    from toolchain.deploy import dry_load
+
+    log = (LOGS / "lavapipe-vulkan.txt").read_text().splitlines()  # recorded: the allocator's lines name each buffer's device
+    dry = dry_load.parse('{"ok": true, "model_bytes": 96570000, "log": ' + __import__("json").dumps(log) + "}")
+    assert dry_load.device_buffer_bytes(dry) == pytest.approx((92.10 + 5.62 + 49.12) * MiB, rel=1e-4)
+    pred = Prediction(30.0, 33.0, 300.0, 300 * MiB, weights_bytes=96 * MiB, kv_bytes=6 * MiB, compute_bytes=50 * MiB)
+    assert dry_load.report(pred, dry, 8 * GiB, device_budget_bytes=2 * GiB).fits is True
+    tight = dry_load.report(pred, dry, 8 * GiB, device_budget_bytes=100 * MiB)
+    assert tight.fits is False and tight.device_bytes > tight.device_budget_bytes  # type: ignore[operator]
+    assert dry_load.report(pred, dry, 8 * GiB).fits is True  # unified memory: the host's RAM decides

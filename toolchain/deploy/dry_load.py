@@ -105,7 +105,7 @@ def run(transport: Transport, python: str, gguf: Path, sel: Selected, work_dir: 
     """Send the header, dry-load on the target, parse. Never raises for a failed dry load."""
     with gguf.open("rb") as f:
         header = f.read(header_bytes(gguf))
-    argv = [python, "-c", SCRIPT, *script_args(sel, work_dir, gguf.stat().st_size)]
+    argv = [python, "-c", SCRIPT, *script_args(sel, work_dir, gguf.stat().st_size, n_gpu_layers=sel.placement.n_gpu_layers())]
     res = transport.run(argv, timeout=timeout, stdin=header, check=False)
     return parse(res.stdout, res.stderr, res.exit_status)
 
@@ -128,6 +128,8 @@ class DryLoadReport:
     usable_bytes: int
     comparison: list[ComparisonRow] = field(default_factory=list)
     allocator_peak_bytes: int | None = None  # the predicted peak with the allocator's components in
+    device_bytes: int = 0  # the allocator's buffers on the accelerator (GPU placements)
+    device_budget_bytes: int | None = None  # its free memory (None: unified memory, or the CPU)
 
 
 def compare(pred: Prediction, dry: DryLoad) -> list[ComparisonRow]:
@@ -143,15 +145,29 @@ def allocator_peak_bytes(pred: Prediction, dry: DryLoad) -> int:
         + dry.compute_bytes + dry.output_bytes
 
 
-def report(pred: Prediction, dry: DryLoad, usable_bytes: int) -> DryLoadReport:
-    """A dry load's result against the prediction and the usable memory (pure)."""
+def device_buffer_bytes(dry: DryLoad) -> int:
+    """The allocator's buffers on an accelerator: every device but the CPU and pinned host memory."""
+    total = 0
+    for key, n in dry.buffers.items():
+        name = key.split(" ", 1)[0]
+        if name.upper() != "CPU" and not name.upper().startswith("CPU_") and not name.endswith("_Host"):
+            total += n
+    return total
+
+
+def report(pred: Prediction, dry: DryLoad, usable_bytes: int, device_budget_bytes: int | None = None) -> DryLoadReport:
+    """A dry load's result against the prediction, the usable memory and the accelerator's free
+    memory where the plan placed layers on one with its own (pure)."""
     if not dry.ok:
         return DryLoadReport(result=dry, fits=None, usable_bytes=usable_bytes)
     need = allocator_peak_bytes(pred, dry)
-    return DryLoadReport(result=dry, fits=need <= usable_bytes, usable_bytes=usable_bytes, comparison=compare(pred, dry),
-                         allocator_peak_bytes=need)
+    dev = device_buffer_bytes(dry)
+    fits = need <= usable_bytes and (device_budget_bytes is None or dev <= device_budget_bytes)
+    return DryLoadReport(result=dry, fits=fits, usable_bytes=usable_bytes, comparison=compare(pred, dry), allocator_peak_bytes=need,
+                         device_bytes=dev, device_budget_bytes=device_budget_bytes)
 
 
 def check(transport: Transport, python: str, gguf: Path, sel: Selected, work_dir: str, usable_bytes: int) -> DryLoadReport:
-    """Dry-load on the target: sizes, the comparison, and whether the allocator's sizes fit."""
-    return report(sel.predicted, run(transport, python, gguf, sel, work_dir), usable_bytes)
+    """Dry-load on the target with the plan's placement: sizes, the comparison, whether they fit."""
+    budget = sel.placement.device_budget_bytes if sel.placement.offloaded else None
+    return report(sel.predicted, run(transport, python, gguf, sel, work_dir), usable_bytes, budget)

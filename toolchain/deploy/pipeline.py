@@ -312,6 +312,14 @@ def _dry_load(transport: Transport, python: str, gguf: Path, sel: Selected, root
         return
     for row in doc.comparison:
         events.log(f"  {row.component:<16} predicted {row.predicted_bytes / 2**20:8.1f} MiB, allocator {row.allocator_bytes / 2**20:8.1f} MiB")
+    if sel.placement.offloaded:
+        events.log(f"  on {sel.placement.device or sel.placement.backend:<13} predicted {sel.predicted.device_memory_bytes / 2**20:8.1f} MiB, "
+                   f"allocator {doc.device_bytes / 2**20:8.1f} MiB")
+    if doc.fits is False and doc.device_budget_bytes is not None and doc.device_bytes > doc.device_budget_bytes:
+        run.verdict = Verdict(passed=False, checks=[Check("dry load fits device memory", False, doc.device_bytes, doc.device_budget_bytes)])
+        raise NothingFitsError(f"dry load: llama.cpp's allocator puts {doc.device_bytes / 2**20:.0f} MiB on {sel.placement.device}, "
+                               f"which has {doc.device_budget_bytes / 2**20:.0f} MiB free",
+                               "plan again with --gpu-layers lower, or a smaller model (--model/--quant)")
     if doc.fits is False:
         need = doc.allocator_peak_bytes or 0
         run.verdict = Verdict(passed=False, checks=[Check("dry load fits", False, need, usable)])
