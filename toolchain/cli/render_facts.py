@@ -70,6 +70,10 @@ def _rows(f: HostFacts) -> list[tuple[str, str]]:
     rows.append(("runtime", f"python {f.runtime.python or 'missing'}, llama_cpp {f.runtime.llama_cpp or 'missing'}"
                             + (f" [{', '.join(f.runtime.llama_cpp_backends)}]" if f.runtime.llama_cpp_backends else "")
                             + (f" ({f.runtime.llama_cpp_checked})" if f.runtime.llama_cpp_checked else "")))
+    gpus = [d for d in f.runtime.llama_cpp_devices if d.type != "cpu"]
+    if gpus:  # what llama.cpp itself can offload to, from its backend registry
+        rows.append(("llama.cpp devices", "; ".join(f"{d.name} {d.description} ({d.type}, {d.memory_free_bytes / 2**30:.1f} GiB free)"
+                                                      for d in gpus[:4])))
     return rows
 
 
