@@ -107,7 +107,7 @@ def test_dry_load_report_keeps_the_report_keys() -> None:
     dry = dryload.parse(RECORDED)
     rep = dryload.report(p, dry, usable_bytes=300_000_000)
     doc = to_json_dict(rep)
-    assert set(doc) == {"result", "fits", "comparison", "allocator_peak_bytes", "usable_bytes"}
+    assert set(doc) == {"result", "fits", "comparison", "allocator_peak_bytes", "usable_bytes", "device_bytes", "device_budget_bytes"}
     assert doc["result"] == to_json_dict(dry) and doc["usable_bytes"] == 300_000_000
     assert [set(r) for r in doc["comparison"]] == [{"component", "predicted_bytes", "allocator_bytes", "error"}] * 3
     need = 400_000_000 - 96_576_768 - 90 * 2**20 - 90_000_000 + dry.model_bytes + dry.kv_bytes + dry.compute_bytes + dry.output_bytes

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shlex
 import time
 from importlib.resources import files
@@ -79,7 +80,11 @@ def release_id(sel: Selected, model_sha256: str) -> str:
     sha8 = model_sha256[:8].lower()
     if not (len(sha8) == 8 and all(c in "0123456789abcdef" for c in sha8)):
         raise BadInputError(f"model sha256 {shown(model_sha256)} is not hexadecimal", "this is a bug: the sha256 comes from hashing the file")
-    rid = time.strftime("%Y%m%d-%H%M%S") + f"-{slug(sel.model, 'model')}-{slug(sel.quant, 'quant')}-{sha8}".lower()
+    # milliseconds and 16 random bits: two ships of one model in one second get two ids (ids
+    # still sort by time to the second)
+    now = time.time()
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}{secrets.token_hex(2)}"
+    rid = stamp + f"-{slug(sel.model, 'model')}-{slug(sel.quant, 'quant')}-{sha8}".lower()
     return check_release_id(rid, "release id")
 
 
