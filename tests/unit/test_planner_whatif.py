@@ -145,3 +145,19 @@ def test_a_spec_sheet_device_plans_from_its_class_and_peak_bandwidth() -> None:
     assert speed.interval == UNMEASURED_CLASS_INTERVAL and b.confidence == "class defaults"
     with pytest.raises(BadInputError, match="unknown device class 'gpu'"):
         build_basis(None, None, Overrides(ram_bytes=8 << 30, bandwidth_bytes_per_s=1e10, device_class="gpu"), records=[])
+
+
+def test_a_quick_probe_plans_from_the_devices_stored_measurements() -> None:
+    from dataclasses import replace
+
+    from tests.unit.test_gpu_placement import x86_facts
+
+    quick = replace(x86_facts(), bandwidth=replace(x86_facts().bandwidth, read_bytes_per_s=None), quick=True)
+    with pytest.raises(BadInputError, match="no measured bandwidth for this target") as e:
+        build_basis(quick, None, Overrides(), records=[])
+    assert "ship once" in e.value.hint and "board:" in e.value.hint
+    at = datetime(2025, 6, 1, tzinfo=UTC)
+    recs = [calibration.DeviceMeasurement("dev", at, "m", "Q8_0", measured_decode_s=0.01, bytes_per_token=100_000_000,
+                                          bandwidth_bytes_per_s=bw) for bw in (18e9, 20e9, 22e9)]
+    b, _, _ = build_basis(quick, None, Overrides(), records=recs)
+    assert b.bandwidth_bytes_per_s == pytest.approx(20e9) and "measurement" in b.bandwidth_source

@@ -15,6 +15,7 @@ pip-installs it offline into a venv under the deploy root (`<root>/runtime/venv`
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -240,7 +241,8 @@ class Provisioner:
         wheels = wheels_for(rt, self.transport.display, self.backend)
         source = "wheelhouse"
         if not self._has_llama_wheel(wheels):
-            source = self._fill_wheelhouse(rt, wheels, venv_python, extras)
+            source = fill_once(wheels, lambda: self._fill_wheelhouse(rt, wheels, venv_python, extras),
+                               lambda: self._has_llama_wheel(wheels), self.log, self.transport.display)
         self._push_and_install(wheels, venv_python, extras)
         done = inspect_python(self.transport, venv_python)
         if done is None or not done.ready(self.version, server=server, backend=self.backend):
@@ -360,6 +362,39 @@ class Provisioner:
             if size.isdigit():
                 sizes[name] = int(size)
         return sizes
+
+
+# --- one build per kind ----------------------------------------------------------------------
+
+
+def fill_once(wheels: Path, fill: Callable[[], str], filled: Callable[[], bool], log: Log, display: str) -> str:
+    """Fill a wheelhouse folder once however many boards of its kind ask at the same time: a host
+    lock per kind (flock: threads of one lab and separate processes alike), the first builds, the
+    others wait and then install what it built. A failed build is reported by the board that ran
+    it; the boards that waited for it fail naming it rather than building again."""
+    wheels.parent.mkdir(parents=True, exist_ok=True)
+    failed = wheels.parent / f"{wheels.name}.failed"
+    with open(wheels.parent / f"{wheels.name}.lock", "w") as lock:
+        waited_from = None
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            waited_from = time.time()
+            log(f"  {display}: waiting for another board's build of llama-cpp-python for {wheels.name}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            log(f"  {display}: waited {time.time() - waited_from:.0f} s for the build of {wheels.name}")
+        if filled():
+            return "wheelhouse (built for another board of this kind meanwhile)"
+        if waited_from is not None and failed.exists() and failed.stat().st_mtime >= waited_from - 1:
+            raise TargetError(f"{display}: not built again: {failed.read_text().strip()}",
+                              "fix what the first board's build reported, then run again")
+        try:
+            source = fill()
+        except (TargetError, BadInputError) as exc:
+            failed.write_text(f"the build of {wheels.name} failed on {display}: {exc}\n")
+            raise
+        failed.unlink(missing_ok=True)
+        return source
 
 
 # --- this machine's wheel ---------------------------------------------------------------------

@@ -4,6 +4,7 @@ local files -> options. The decisions themselves stay pure in planner.py."""
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -127,13 +128,13 @@ def build_basis(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides,
                             f"build it there with CMAKE_ARGS='{cmake_flags(ov.backend)}' pip install --no-cache-dir "
                             f"'llama-cpp-python=={facts.runtime.llama_cpp or ''}', or plan with --backend cpu")
     usable = _usable(facts, board, ov)
-    bw, bw_src = _bandwidth(facts, board, ov, dev_class)
+    if records is None:
+        records = calibration.load(calibration.fingerprint(facts)) if facts is not None else []
+    bw, bw_src = _bandwidth(facts, board, ov, dev_class, records)
     eta_default, overhead = DEFAULT_EFFICIENCY.get((dev_class, ov.backend), GPU_FALLBACK)
     eff = ov.efficiency if ov.efficiency is not None else eta_default
     eff_src = "--efficiency" if ov.efficiency is not None else f"default for {dev_class}/{ov.backend}"
     factors = dict(QUANT_FACTORS) if ov.backend == "cpu" else {}
-    if records is None:
-        records = calibration.load(calibration.fingerprint(facts)) if facts is not None else []
     per_layer = per_layer_default(dev_class, ov.backend)
     per_row = 0.0  # class defaults were fitted without it: only a device's own calibration measures it
     fit = calibration.fit_device(records, eff, overhead, factors, per_layer_s=per_layer)
@@ -251,7 +252,8 @@ def _usable(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides) -> 
     return int(board.ram_bytes * 0.8)  # OS, desktop and caches: a board database has no MemAvailable
 
 
-def _bandwidth(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides, dev_class: str) -> tuple[float, str]:
+def _bandwidth(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides, dev_class: str,
+               records: list[calibration.DeviceMeasurement] | None = None) -> tuple[float, str]:
     gpu_unified = ov.backend in ("cuda", "metal", "vulkan") and board is not None and dev_class in UNIFIED_MEMORY_CLASSES
     if ov.bandwidth_bytes_per_s is not None:
         bw, src = ov.bandwidth_bytes_per_s, "--bandwidth"
@@ -266,8 +268,15 @@ def _bandwidth(facts: HostFacts | None, board: BoardSpec | None, ov: Overrides, 
         bw, src = board.measured_read_bytes_per_s, f"board database {board.id}: measured read ({board.source})"
     elif board is not None:
         bw, src = board.peak_bandwidth_bytes_per_s * 0.7, f"board database {board.id}: 70% of peak ({board.source})"
+    elif records and any(r.bandwidth_bytes_per_s > 0 for r in records):
+        # a quick probe measures nothing, but the device's stored measurements carry the read rate
+        # they were fitted against (the fit below expresses the plan against it)
+        bw = statistics.median(r.bandwidth_bytes_per_s for r in records if r.bandwidth_bytes_per_s > 0)
+        src = f"the read rate of this device's {len(records)} stored measurement(s) (a quick probe measures none)"
     else:
-        raise BadInputError("no memory bandwidth known for this target", "run a full probe (without --quick), or give --board or --bandwidth")
+        raise BadInputError("no measured bandwidth for this target",
+                            "run a full probe (without --quick), or ship once with one (its calibration and run are stored, and quick "
+                            "probes plan from them), or set board: / --board, or --bandwidth")
     if ov.bandwidth_share != 1.0:
         bw *= ov.bandwidth_share
         src += f" x share {ov.bandwidth_share:g}"
