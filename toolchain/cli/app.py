@@ -197,7 +197,8 @@ def _calibrate(spec: TargetSpec, t: Transport, root: str, facts: HostFacts) -> N
 
 @app.command()
 def plan(
-    target: Annotated[str | None, typer.Option("--target", help="Probe this target and plan for it.")] = None,
+    target: Annotated[list[str] | None, typer.Option("--target", help="Probe this target and plan for it. Twice or more: a group, the "
+                                                     "first the head; a model too large for any one board is split across them.")] = None,
     facts_file: Annotated[Path | None, typer.Option("--facts", help="Plan from a saved `probe --json` document.")] = None,
     board: Annotated[str | None, typer.Option("--board", help="Plan for a board from targets/boards/ (what-if).")] = None,
     budget: BudgetOpt = None, ttft: TtftOpt = None, ctx: CtxOpt = None, model: ModelOpt = None, quant: QuantOpt = None,
@@ -215,6 +216,8 @@ def plan(
     backend: BackendOpt = "cpu", gpu_layers: GpuLayersOpt = None, device_memory: DeviceMemOpt = None,
     threads: Annotated[int | None, typer.Option("--threads", help="Decode threads (default: the big cores).")] = None,
     every: Annotated[bool, typer.Option("--all", help="List every (model, quant) candidate, not one row per model.")] = False,
+    measure_links: Annotated[bool, typer.Option("--measure-links", help="With a group: measure the links again instead of "
+                                                "reusing one measured in the last hour.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Pick the largest model and quant that fits memory and the latency budget."""
@@ -225,6 +228,13 @@ def plan(
                             storage_read, bandwidth_share, efficiency, backend, threads, peak_bandwidth=peak_bandwidth,
                             device_class=device_class, gpu_layers=gpu_layers, device_memory=device_memory)
         facts, kind, tboard = None, "ssh", None
+        if target and len(target) > 1:
+            if facts_file is not None or board is not None:
+                raise BadInputError("a group of --target values is probed; --facts and --board plan one board",
+                                    "give either --target twice or more, or one of --facts / --board")
+            from toolchain.cli.group import plan_targets
+
+            return plan_targets(target, req, fresh_links=measure_links)
         if facts_file is not None:
             from toolchain.plan.request import load_facts
 
@@ -234,7 +244,7 @@ def plan(
             from toolchain.transports.factory import connect
             from toolchain.transports.targets import resolve_target
 
-            spec = resolve_target(target)
+            spec = resolve_target(target[0])
             kind, tboard = spec.kind, spec.board
             with connect(spec) as t:
                 facts = probe_target(spec, t, deploy_root(spec, t), ui.ConsoleEvents())
@@ -244,9 +254,9 @@ def plan(
         return plan_for(facts, req, target_kind=kind, target_board=tboard)
 
     result = guarded(as_json, run)
-    from toolchain.cli.render_plan import render_plan
+    from toolchain.cli.group import render_group
 
-    emit(as_json, result, lambda: render_plan(result, every))
+    emit(as_json, result, lambda: render_group(result, every))
     if result.selected is None:
         exc = NothingFitsError(f"nothing fits: {result.nearest_miss}", "raise --budget, lower --ctx, --allow-low-bit, or a board with more memory")
         ui.error(exc.message, exc.hint)

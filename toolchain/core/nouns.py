@@ -340,6 +340,10 @@ class Plan:
     budget: Budget
     target: str = ""
     nearest_miss: str | None = None
+    # a group of targets (plan --target A --target B): the model split across them (None: one
+    # board), and why it is split or stays on one board, in words
+    split: SplitPlacement | None = None
+    group_reason: str = ""
 
 
 # --- package, ship, run ---------------------------------------------------------------------
@@ -457,3 +461,76 @@ class Check:
 class Verdict:
     passed: bool
     checks: list[Check]
+
+
+# --- a model split across boards (llama.cpp's RPC backend) ------------------------------------
+
+
+@dataclass(frozen=True)
+class LinkFacts:
+    """The network from a head to a worker, measured by the boards' own python (probe/link.py):
+    what each token's hop across it costs."""
+
+    head: str  # target names
+    worker: str
+    address: str  # the worker's address the head reached: rpc-server binds to it and nothing else
+    rtt_s: float  # median round trip of a small request and its reply
+    rtt_p90_s: float
+    rtt_min_s: float
+    throughput_bytes_per_s: float  # head -> worker, a few MB in one TCP stream
+    samples: int = 0  # round trips timed
+    bulk_bytes: int = 0
+    method: str = ""
+    measured_at: str = ""  # ISO 8601, UTC
+    head_fingerprint: str = ""  # the devices (calibration.fingerprint) the measurement is stored under
+    worker_fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class NodeShare:
+    """One board's part of a split model (plan/split.py)."""
+
+    target: str
+    role: str  # head | worker
+    layer_first: int  # its repeating layers are [layer_first, layer_first + layer_count)
+    layer_count: int
+    output_layer: bool = False  # the head: token embeddings, the output layer, and the bench
+    address: str = ""  # a worker's address for the head's --rpc (the port is chosen at ship)
+    threads: int = 1
+    memory_bytes: int = 0  # what it must hold: its weights, its KV, a compute buffer, the runtime
+    usable_memory_bytes: int = 0
+    weights_bytes: int = 0
+    kv_bytes: int = 0
+    compute_bytes: int = 0
+    runtime_bytes: int = 0
+    read_bytes_per_token: int = 0
+    read_bytes_per_s: float = 0.0  # what its bytes are predicted at (bandwidth x efficiency)
+    decode_ms_per_token: float = 0.0  # its layers' part of a token, its fixed costs included
+    link_ms_per_token: float = 0.0  # a worker's hop: round trips plus bytes each way
+    link_bytes_per_token: int = 0  # both ways
+    confidence: str = ""  # what its speed rests on (Basis.confidence)
+
+
+@dataclass(frozen=True)
+class SplitPlacement:
+    """A model's layers across boards joined by llama.cpp's RPC backend (plan/split.py).
+
+    nodes are in pipeline order, which is llama.cpp's device order: the workers as --rpc lists
+    them, then the head (its layers last, then the output layer). tensor_split holds llama.cpp's
+    slots per device in that order (the head's count + 1: the output layer is a slot), and
+    n_gpu_layers = n_layer + 1 puts every slot on the listed devices."""
+
+    nodes: list[NodeShare]
+    links: list[LinkFacts]
+    n_layer: int
+    compute_ms_per_token: float
+    link_ms_per_token: float
+    link_round_trips_per_token: int
+    link_bytes_per_token: int
+    decode_ms_per_token: float
+    decode_tokens_per_s: float
+    decode_tokens_per_s_low: float = 0.0
+    decode_tokens_per_s_high: float = 0.0
+    tensor_split: list[int] = field(default_factory=list)
+    n_gpu_layers: int = 0
+    reason: str = ""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 from toolchain.core.config import field as config_field
 from toolchain.core.config import load_json, load_yaml
 from toolchain.core.errors import BadInputError
-from toolchain.core.nouns import Budget, HostFacts, Plan, Prediction
+from toolchain.core.nouns import Budget, HostFacts, Plan, Prediction, SplitPlacement
 from toolchain.core.paths import profiles_dir
 from toolchain.core.serde import from_dict
 from toolchain.core.units import parse_budget, parse_duration_ms, parse_rate, parse_size
@@ -21,7 +21,8 @@ from toolchain.device.runner import BACKENDS
 from toolchain.plan.basis import Overrides
 
 if TYPE_CHECKING:
-    from toolchain.plan.select import Option
+    from toolchain.plan.boards import BoardSpec
+    from toolchain.plan.select import Option, PlanOptions
 
 DEFAULT_BUDGET = "120ms"  # average human reading speed: 8.33 tokens/s
 
@@ -117,23 +118,15 @@ def named_budget(name: str) -> Budget | None:
 
 def plan_for(facts: HostFacts | None, req: PlanRequest, *, target_kind: str = "local", target_board: str | None = None) -> Plan:
     """Facts (or a what-if board / overrides) + request -> Plan (the planner's decisions are pure: plan/select.py)."""
-    from toolchain.models.catalog import load_catalog
-    from toolchain.models.sources import offline_sources
-    from toolchain.plan.basis import build_basis, build_options
-    from toolchain.plan.boards import BoardSpec, load_boards, lookup_board
-    from toolchain.plan.select import PlanOptions, make_plan
+    from toolchain.plan.basis import build_basis
+    from toolchain.plan.select import make_plan
 
-    board_id = req.board or target_board
-    board: BoardSpec | None = lookup_board(load_boards(), board_id) if board_id else None
-    offline = req.offline if req.offline is not None else target_kind == "local"
-    options = build_options(load_catalog(), offline_sources(), models=req.models, quants=req.quants, paths=req.paths)
+    board, options, offline = plan_inputs(req, target_kind=target_kind, target_board=target_board)
     name = facts.target if facts else (board.id if board else "what-if")
-    _check_gpu_layers(req, options)
 
     def one(backend: str) -> Plan:
         basis, speed, threads = build_basis(facts, board, replace(req.overrides, backend=backend))
-        opts = PlanOptions(ctx=req.ctx, threads=threads, allow_low_bit=req.allow_low_bit, require_available=offline)
-        return make_plan(options, basis, speed, req.budget, opts, target=name)
+        return make_plan(options, basis, speed, req.budget, plan_options(req, threads, offline), target=name)
 
     if req.overrides.backend != AUTO:
         return one(req.overrides.backend)
@@ -145,6 +138,29 @@ def plan_for(facts: HostFacts | None, req: PlanRequest, *, target_kind: str = "l
         note = f"--backend auto: {best.basis.backend}, the fastest backend the runtime has" + (f" (beside {others})" if others else "")
         best = replace(best, selected=replace(best.selected, notes=[*best.selected.notes, note]))
     return best
+
+
+def plan_inputs(req: PlanRequest, *, target_kind: str = "local", target_board: str | None = None) -> tuple[BoardSpec | None, list[Option], bool]:
+    """What every plan of a request starts from: the board database entry (what-if or the target's
+    board:), the (model, quant) options, and whether only offline models count (plan/group.py
+    plans several boards from the same)."""
+    from toolchain.models.catalog import load_catalog
+    from toolchain.models.sources import offline_sources
+    from toolchain.plan.basis import build_options
+    from toolchain.plan.boards import load_boards, lookup_board
+
+    board_id = req.board or target_board
+    board = lookup_board(load_boards(), board_id) if board_id else None
+    offline = req.offline if req.offline is not None else target_kind == "local"
+    options = build_options(load_catalog(), offline_sources(), models=req.models, quants=req.quants, paths=req.paths)
+    _check_gpu_layers(req, options)
+    return board, options, offline
+
+
+def plan_options(req: PlanRequest, threads: int, offline: bool) -> PlanOptions:
+    from toolchain.plan.select import PlanOptions
+
+    return PlanOptions(ctx=req.ctx, threads=threads, allow_low_bit=req.allow_low_bit, require_available=offline)
 
 
 AUTO = "auto"
@@ -273,6 +289,45 @@ def _check_plan(plan: Plan, where: str) -> None:
            b.storage_read_bytes_per_s, "should be above 0 (or null)")
     _check(plan.budget.decode_ms_per_token > 0, where, "budget.decode_ms_per_token", plan.budget.decode_ms_per_token, "should be above 0")
     _check(plan.budget.ttft_ms is None or plan.budget.ttft_ms > 0, where, "budget.ttft_ms", plan.budget.ttft_ms, "should be above 0 (or null)")
+    if plan.split is not None:
+        _check_split(plan.split, where)
+
+
+def _check_split(sp: SplitPlacement, where: str) -> None:
+    """A split's shares are what a ship starts rpc-servers and passes --tensor-split from: contiguous
+    layer runs covering the model, one head last, addresses that are addresses."""
+    from toolchain.probe.link import check_address
+
+    _check(len(sp.nodes) >= 2, where, "split.nodes", len(sp.nodes), "should hold a head and at least one worker")
+    _check(0 < sp.n_layer <= 100000, where, "split.n_layer", sp.n_layer, "should be a layer count")
+    at = 0
+    for i, n in enumerate(sp.nodes):
+        head = i == len(sp.nodes) - 1
+        _check(n.role == ("head" if head else "worker"), where, f"split.nodes[{i}].role", n.role,
+               "should be worker for every node but the last, which is the head")
+        _check(n.target != "" and "\0" not in n.target, where, f"split.nodes[{i}].target", n.target, "should name a target")
+        _check(n.layer_first == at and n.layer_count >= (0 if head else 1), where, f"split.nodes[{i}].layer_first", n.layer_first,
+               f"should continue the previous node's layers (at {at}) with a count of {0 if head else 1} or more")
+        at += n.layer_count
+        _check(n.threads >= 1, where, f"split.nodes[{i}].threads", n.threads, "should be 1 or more")
+        if not head:
+            check_address(n.address, f"{where}: split.nodes[{i}].address")
+        for name in ("memory_bytes", "usable_memory_bytes", "weights_bytes", "kv_bytes", "compute_bytes", "runtime_bytes",
+                     "read_bytes_per_token", "read_bytes_per_s", "decode_ms_per_token", "link_ms_per_token", "link_bytes_per_token"):
+            _check(getattr(n, name) >= 0, where, f"split.nodes[{i}].{name}", getattr(n, name), "should be 0 or more")
+    _check(at == sp.n_layer, where, "split.nodes", at, f"should cover the model's {sp.n_layer} layers")
+    _check(sp.tensor_split == [n.layer_count + (1 if n.role == "head" else 0) for n in sp.nodes], where, "split.tensor_split",
+           sp.tensor_split, "should be each node's layer count, the head's + 1 for the output layer")
+    _check(sp.n_gpu_layers == sp.n_layer + 1, where, "split.n_gpu_layers", sp.n_gpu_layers, "should be n_layer + 1")
+    for name in ("compute_ms_per_token", "link_ms_per_token", "link_round_trips_per_token", "link_bytes_per_token",
+                 "decode_tokens_per_s_low", "decode_tokens_per_s_high"):
+        _check(getattr(sp, name) >= 0, where, f"split.{name}", getattr(sp, name), "should be 0 or more")
+    _check(sp.decode_ms_per_token > 0 and sp.decode_tokens_per_s > 0, where, "split.decode_ms_per_token", sp.decode_ms_per_token,
+           "should be above 0")
+    for i, link in enumerate(sp.links):
+        check_address(link.address, f"{where}: split.links[{i}].address")
+        _check(0 < link.rtt_min_s <= link.rtt_s <= link.rtt_p90_s and link.throughput_bytes_per_s > 0, where, f"split.links[{i}]",
+               link.rtt_s, "should have 0 < rtt_min_s <= rtt_s <= rtt_p90_s and a throughput above 0")
 
 
 def _check_facts(facts: HostFacts, where: str) -> None:

@@ -78,14 +78,14 @@ def make_plan(options: list[Option], basis: Basis, speed: SpeedBasis, budget: Bu
     evaluated = [_evaluate(opt, basis, speed, budget, opts) for opt in options]
     candidates = [e.candidate for e in evaluated]
     fitting = [e for e in evaluated if e.selected is not None]
-    fitting.sort(key=lambda e: (e.candidate.params, _bpw(e.weights.total_bytes, e.candidate.params), e.candidate.mode == "resident"),
+    fitting.sort(key=lambda e: (e.candidate.params, bits_per_weight(e.weights.total_bytes, e.candidate.params), e.candidate.mode == "resident"),
                  reverse=True)
     selected = fitting[0].selected if fitting else None
     nearest = None if selected else _nearest_miss(evaluated)
     return Plan(selected=selected, candidates=candidates, basis=basis, budget=budget, target=target, nearest_miss=nearest)
 
 
-def _bpw(weights_bytes: int, params: int) -> float:
+def bits_per_weight(weights_bytes: int, params: int) -> float:
     return 8.0 * weights_bytes / max(1, params)
 
 
@@ -102,8 +102,6 @@ def _evaluate(opt: Option, basis: Basis, speed: SpeedBasis, budget: Budget, opts
     w = weights_for(opt)
     ctx = min(opts.ctx or DEFAULT_CTX, arch.context_length)
     usable = basis.usable_memory_bytes
-    bpw = _bpw(w.total_bytes, entry.params)
-    ternary = arch.ternary or opt.quant in TERNARY_QUANTS
     reasons: list[str] = []
     fixes: list[str] = []
     chosen: tuple[Prediction, str, str] | None = None  # prediction, kv type, mode
@@ -134,12 +132,9 @@ def _evaluate(opt: Option, basis: Basis, speed: SpeedBasis, budget: Budget, opts
                        + (" (streaming from storage)" if mode == "stream" else ""))
         if mode == "resident":  # a streaming plan's latency is no budget to suggest
             fixes.append(f"a budget of {math.ceil(pred.decode_ms_per_token)}ms would fit")
-    if bpw < LOW_BIT_FLOOR and not ternary and not opts.allow_low_bit:
-        reasons.append(f"{bpw:.2f} bits per weight is below the {LOW_BIT_FLOOR} quality floor")
-        fixes.append("--allow-low-bit would permit it")
-    if opts.require_available and opt.available is None:
-        reasons.append("not available offline (no cached file or offline source)")
-        fixes.append("--online would download it")
+    for why, fix in option_rules(opt, w, opts):
+        reasons.append(why)
+        fixes.append(fix)
     ttft_ms = 0.0
     if budget.ttft_ms is not None and chosen is not None:
         ttft_ms = 1000.0 * opts.bench_prompt_tokens / chosen[0].prefill_tokens_per_s
@@ -186,6 +181,18 @@ def _evaluate(opt: Option, basis: Basis, speed: SpeedBasis, budget: Budget, opts
         use_mmap=True, gguf_path=opt.local.path if opt.local else None, notes=notes, placement=placement,
     )
     return _Eval(cand, sel, w, ratio)
+
+
+def option_rules(opt: Option, w: Weights, opts: PlanOptions) -> list[tuple[str, str]]:
+    """What rules an option out whatever the memory and speed (reason, fix): the quality floor and
+    offline availability. A split across boards (plan/split.py) applies the same."""
+    out = []
+    bpw = bits_per_weight(w.total_bytes, opt.entry.params)
+    if bpw < LOW_BIT_FLOOR and not (opt.entry.arch.ternary or opt.quant in TERNARY_QUANTS) and not opts.allow_low_bit:
+        out.append((f"{bpw:.2f} bits per weight is below the {LOW_BIT_FLOOR} quality floor", "--allow-low-bit would permit it"))
+    if opts.require_available and opt.available is None:
+        out.append(("not available offline (no cached file or offline source)", "--online would download it"))
+    return out
 
 
 def _predict(w: Weights, entry: ModelEntry, ctx: int, kv_type: str, speed: SpeedBasis, opts: PlanOptions,

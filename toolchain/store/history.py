@@ -20,8 +20,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from toolchain.core.errors import BadInputError, TargetError
-from toolchain.store.records import BoardRecord, DeviceMeasurement, RunRecord, default_url
-from toolchain.store.schema import HEAD_REVISION, VERSION_TABLE, board_results, device_measurements, lab_runs
+from toolchain.store.records import BoardRecord, DeviceMeasurement, LinkMeasurement, RunRecord, default_url
+from toolchain.store.schema import HEAD_REVISION, VERSION_TABLE, board_results, device_measurements, lab_runs, link_measurements
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -133,7 +133,25 @@ class History:
                 conn.execute(t.delete().where(t.c.fingerprint.in_({m.fingerprint for m in items}), t.c.origin == replacing_origin))
             conn.execute(t.insert(), [asdict(m) for m in items])
 
+    def add_link(self, item: LinkMeasurement) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(link_measurements.insert().values(**asdict(item)))
+
     # --- reading ----------------------------------------------------------------------------
+
+    def latest_link(self, head_fingerprint: str, worker_fingerprint: str, address: str) -> LinkMeasurement | None:
+        """The newest measurement of the link from this head to this worker at this address."""
+        t = link_measurements
+        q = (sa.select(t).where(t.c.head_fingerprint == head_fingerprint, t.c.worker_fingerprint == worker_fingerprint,
+                                t.c.address == address).order_by(t.c.measured_at.desc(), t.c.id.desc()).limit(1))
+        names = {f.name for f in fields(LinkMeasurement)}
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        if row is None:
+            return None
+        data = {k: v for k, v in row.items() if k in names}
+        data["measured_at"] = _aware(row["measured_at"])
+        return LinkMeasurement(**data)
 
     def baseline(self, board: str, model: str | None, quant: str | None, limit: int = 10) -> list[float]:
         """Decode tok/s of the board's recent passing runs of this model and quant, newest first."""

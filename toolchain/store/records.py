@@ -82,3 +82,23 @@ class DeviceMeasurement:
 
 def default_url() -> str:
     return settings.history_url() or f"sqlite:///{data_dir() / 'history.sqlite'}"
+
+
+@dataclass(frozen=True)
+class LinkMeasurement:
+    """One measured link from a head to a worker (probe/link.py), keyed by both devices and the
+    worker's address: two boards of one kind share a fingerprint, the address tells them apart."""
+
+    head_fingerprint: str
+    worker_fingerprint: str
+    address: str
+    measured_at: datetime
+    head: str  # target names, for the reader
+    worker: str
+    rtt_s: float
+    rtt_p90_s: float
+    rtt_min_s: float
+    throughput_bytes_per_s: float
+    samples: int = 0
+    bulk_bytes: int = 0
+    method: str = ""

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 VERSION_TABLE = "edgedeploy_alembic_version"  # not alembic_version: a shared PostgreSQL database may hold others
 # The newest migration: History.open skips Alembic (and its import) when the database is at it.
 # tests/test_store.py checks it against migrations/versions/.
-HEAD_REVISION = "0003"
+HEAD_REVISION = "0004"
 
 metadata = sa.MetaData()
 
@@ -77,4 +77,22 @@ device_measurements = sa.Table(
     sa.Column("n_layer", sa.Integer, nullable=False, server_default="0"),
     sa.Column("rows_per_token", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("origin", sa.String(20), nullable=False, server_default="run"),
+)
+
+link_measurements = sa.Table(
+    "link_measurements", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("head_fingerprint", sa.Text, nullable=False),
+    sa.Column("worker_fingerprint", sa.Text, nullable=False),
+    sa.Column("address", sa.String(255), nullable=False),
+    sa.Column("measured_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("head", sa.Text, nullable=False),
+    sa.Column("worker", sa.Text, nullable=False),
+    sa.Column("rtt_s", sa.Float, nullable=False),
+    sa.Column("rtt_p90_s", sa.Float, nullable=False),
+    sa.Column("rtt_min_s", sa.Float, nullable=False),
+    sa.Column("throughput_bytes_per_s", sa.Float, nullable=False),
+    sa.Column("samples", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("bulk_bytes", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("method", sa.Text, nullable=False, server_default=""),
 )
