@@ -38,7 +38,7 @@ PY=${PYTHON:-python3}
 command -v g++ >/dev/null 2>&1 || apt_install g++ gcc make
 "$PY" -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
 if [ "$want_test" -eq 1 ]; then
-    apt_install openssh-server openssh-client socat adb util-linux iproute2 postgresql chromium
+    apt_install openssh-server openssh-client socat adb util-linux iproute2 dash postgresql chromium
 fi
 
 if [ ! -x .venv/bin/python ]; then

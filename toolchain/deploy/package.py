@@ -8,6 +8,7 @@ and carries the prediction, so what runs on the device can always be traced to w
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -24,6 +25,7 @@ from toolchain.core.identifiers import check_release_id, shown, slug
 from toolchain.core.nouns import Bundle, BundleFile, Plan, Selected
 from toolchain.core.paths import templates_dir
 from toolchain.core.serde import to_json_dict
+from toolchain.core.units import fmt_bytes
 from toolchain.models.gguf_reader import sha256_file
 
 MODEL_FILE = "model.gguf"
@@ -41,8 +43,11 @@ DECODE_TOKENS = 48
 N_BATCH = 512
 
 
+@functools.lru_cache(maxsize=2)
 def environment(*, strict: bool = True) -> jinja2.Environment:
-    """Runner templates are strict (a missing setting is a bug); reports tolerate absent keys."""
+    """Runner templates are strict (a missing setting is a bug); reports tolerate absent keys.
+    One per kind per process: jinja2 caches compiled templates per environment (a lab of 32 boards
+    would otherwise compile run.sh.j2 and report.md.j2 32 times)."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates_dir())),
         undefined=jinja2.StrictUndefined if strict else jinja2.ChainableUndefined,
@@ -50,6 +55,7 @@ def environment(*, strict: bool = True) -> jinja2.Environment:
     )
     env.filters["shell_quote"] = shlex.quote
     env.filters["shell_comment"] = shell_comment
+    env.filters["bytes"] = fmt_bytes
     return env
 
 

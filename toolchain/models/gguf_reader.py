@@ -45,7 +45,7 @@ MAX_KEPT_ARRAY = 1 << 16  # numeric arrays longer than this (per-layer values ar
 MAX_KEPT_STRING = 1 << 20  # string values longer than this (chat templates are ~10 KB) are skipped
 MAX_LAYERS = 4096  # block_count: the planner loops over layers
 DEFAULT_ALIGNMENT = 32
-_CACHE_VERSION = 2  # 2: tensors carry their row length
+_CACHE_VERSION = 3  # 2: tensors carry their row length; 3: data_offset
 _CACHE_ENTRIES = 256  # the index directory is pruned to this many files
 _CHUNK = 1 << 20
 
@@ -121,6 +121,7 @@ class GGUFInfo:
     output_bytes: int  # 0 when tied (no output.weight)
     tensors: list[TensorInfo]
     arch: GGUFArch
+    data_offset: int = 0  # where tensor data starts: the header (vocabulary included) is all a no_alloc load reads
 
     @property
     def tied_embeddings(self) -> bool:
@@ -403,6 +404,7 @@ class _Parser:
             output_bytes=by_name["output.weight"].n_bytes if "output.weight" in by_name else 0,
             tensors=tensors,
             arch=arch,
+            data_offset=start,
         )
 
 
@@ -487,7 +489,7 @@ def _cached(side: Path, key: list[object], path: Path) -> GGUFInfo | None:
         return GGUFInfo(path=str(path), size_bytes=int(d["size_bytes"]), architecture=str(d["architecture"]), name=str(d["name"]),
                         file_type=str(d["file_type"]), params=int(d["params"]), weights_bytes=int(d["weights_bytes"]),
                         token_embd_bytes=int(d["token_embd_bytes"]), output_bytes=int(d["output_bytes"]), tensors=tensors,
-                        arch=cast(GGUFArch, arch))  # the keys checked above; the values as stored
+                        arch=cast(GGUFArch, arch), data_offset=int(d["data_offset"]))  # the keys checked above; the values as stored
     except (OSError, ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
 

@@ -121,6 +121,10 @@ class SshTransport(Transport):
                 timed_out = time.monotonic() - started >= self.connect_timeout * 0.9
                 raise self._connect_error(exc, conn, timed_out=timed_out) from exc
             conn.transport.set_keepalive(KEEPALIVE_S)
+            sock = conn.transport.sock
+            if isinstance(sock, socket.socket):  # not a jump host's channel
+                # paramiko leaves Nagle on: each short command then waits on delayed ACKs (104 vs 46 ms a command at 20 ms RTT)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return conn
 
     def _make_connection(self, password: str | None) -> Any:

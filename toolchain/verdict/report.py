@@ -18,7 +18,6 @@ from toolchain.core.errors import EdgeDeployError, FailureClass, TargetError, Va
 from toolchain.core.nouns import Plan, Release, Telemetry, Verdict
 from toolchain.core.paths import runs_dir
 from toolchain.core.serde import to_json_dict
-from toolchain.core.units import fmt_bytes
 from toolchain.deploy.dry_load import DryLoadReport
 from toolchain.deploy.serve import ServeResult
 from toolchain.verdict.junit import Case, Suite, write_junit
@@ -153,7 +152,6 @@ def write_reports(report: Report) -> dict[str, Any]:
     doc = report.document()
     (run_dir / "report.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
     env = environment(strict=False)
-    env.filters["bytes"] = fmt_bytes
     (run_dir / "report.md").write_text(env.get_template("report.md.j2").render(r=doc))
     write_junit(run_dir / "junit.xml", [run_suite(report)])
     return doc
