@@ -16,7 +16,7 @@ import jsonschema
 import xmlschema
 
 from tests.conftest import REPO
-from toolchain.core.errors import EXIT_TARGET, EXIT_VALIDATION, TargetError
+from toolchain.core.errors import EXIT_TARGET, EXIT_VALIDATION, ServiceUnreachable, TargetError
 from toolchain.core.events import Events
 from toolchain.core.nouns import Plan, Release, Telemetry, Verdict
 from toolchain.core.serde import from_dict
@@ -194,3 +194,31 @@ def test_cli_lab_run_probe_only_and_history_report(tmp_path: Path, cli_env: dict
     proc = subprocess.run(["edgedeploy", "report", "--history", "--history-url", db, "--board", "pi", "--json"], env=cli_env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and json.loads(proc.stdout)[0]["decode_tokens_per_s"] == 9.5
+
+
+class HubDown(FakeShip):
+    """The model hub does not answer on a board's first attempt (the package stage fetches the GGUF)."""
+
+    def __init__(self) -> None:
+        super().__init__({"a": 50.0})
+        self.seen: list[tuple[bool | None, bool]] = []
+
+    def __call__(self, transport: Transport, request: DeployRequest, events: Events, run_dir: Path) -> Report:
+        self.seen.append((request.plan.offline, request.options.offline_wheels))
+        if len(self.seen) == 1:
+            events.stage("package")
+            raise ServiceUnreachable("cannot download Qwen/x/q.gguf: LocalEntryNotFoundError: no connection", "check access")
+        return super().__call__(transport, request, events, run_dir)
+
+
+def test_an_unreachable_hub_is_infrastructure_retried_and_offline_reaches_plan_and_provisioning(tmp_path: Path) -> None:
+    ship = HubDown()
+    result = run(tmp_path, ["a"], ship)
+    row = result.doc["boards"][0]
+    assert row["passed"] and row["status"] == "passed after 1 retry" and len(ship.seen) == 2
+    assert ship.seen[0] == (None, False)  # not offline: the target's default, and the package index may be used
+    ship = HubDown()
+    result = run(tmp_path, ["a"], ship, extra="offline: true")
+    assert ship.seen[0] == (True, True)  # plan only what is obtainable here; provision only from the wheelhouse
+    lab = load_lab(lab_file(tmp_path, ["a", "b"])).offline_only()  # what `lab run --offline` does
+    assert lab.offline and all(b.request.offline is True for b in lab.boards)

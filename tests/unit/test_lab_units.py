@@ -58,6 +58,8 @@ def test_example_lab_layers_defaults_labels_and_board(tmp_path: Path) -> None:
     ("boards: {a: {transport: ssh}}", r"lab.yaml: boards.a: ssh board without 'host'"),
     ("boards: {a: {target: nosuchname}}", r"lab.yaml: boards.a.target: unknown target 'nosuchname'"),
     ("name: x", r"lab.yaml: no boards"),
+    ("offline: sometimes\nboards: {a: local}", r"lab.yaml: key 'offline' should be"),
+    ("boards: {a: {target: local, offline: true}}", r"lab.yaml: unknown key 'boards.a.offline'"),  # lab-wide: the host downloads
 ])
 def test_lab_file_errors_name_the_file_and_key(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(BadInputError, match=message) as info:

@@ -640,6 +640,8 @@ def lab_run(
     history: Annotated[str | None, typer.Option("--history", help="History database: sqlite:///PATH or postgresql://... (default: SQLite, data dir).")] = None,
     probe_only: Annotated[bool, typer.Option("--probe-only", help="Only lock and probe each board: a fleet health check.")] = False,
     quick: Annotated[bool, typer.Option("--quick", help="Probe without measurements (bandwidth, storage speed).")] = False,
+    offline: Annotated[bool, typer.Option("--offline", help="No model hub or package index here: plan only models obtainable now, "
+                                                            "provision only from the wheelhouse (the lab file's offline: true).")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="Put the run directories here (default: the data directory's runs/).")] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -655,6 +657,7 @@ def lab_run(
         if out is not None:
             os.environ["EDGEDEPLOY_RUNS"] = str(out.resolve())  # this process is one lab run: board run dirs go there too
         lab = load_lab(lab_file)
+        lab = lab.offline_only() if offline else lab
         return run_lab(lab.quick_probe() if quick else lab, labels=label, parallel=parallel, history_url=history,
                        probe_only=probe_only, console=ui.err)
 

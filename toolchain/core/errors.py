@@ -74,6 +74,28 @@ class CommandTimeout(TargetError):
     """A command on the target did not finish within its timeout."""
 
 
+class ServiceUnreachable(EdgeDeployError):
+    """A service the host fetches from (the model hub, the package index) did not answer (exit 3):
+    the network, not the request, so a lab retries it like a board that did not answer."""
+
+    exit_code = EXIT_TARGET
+    failure_class = FailureClass.INFRASTRUCTURE
+
+
+# What pip and huggingface_hub print when the connection, not the request, failed.
+_NETWORK_MARKERS = ("ConnectError", "ConnectionError", "NewConnectionError", "Failed to establish a new connection", "Temporary failure in name resolution",
+                    "Name or service not known", "Network is unreachable", "Connection refused", "Connection reset",
+                    "timed out", "Timeout", "ProxyError", "SSLError", "RemoteDisconnected", "503", "502", "504", "429")
+
+
+def fetch_error(message: str, hint: str, output: str) -> EdgeDeployError:
+    """A failed download: ServiceUnreachable when its output shows the network failing (pip reports
+    an unreachable index as 'No matching distribution' after its connection retries), else bad input."""
+    if any(m in output for m in _NETWORK_MARKERS):
+        return ServiceUnreachable(message, hint + " (the service did not answer: this machine's network or proxy)")
+    return BadInputError(message, hint)
+
+
 class NothingFitsError(EdgeDeployError):
     """No candidate fits memory and the latency budget (exit 4)."""
 

