@@ -57,10 +57,11 @@ def write_plan(path: Path, gguf: Path, prediction: Prediction | None = None) -> 
     return path
 
 
-def write_lab(path: Path, n: int, plan: Path | None, *, name: str = "replay", python: str = sys.executable) -> Path:
+def write_lab(path: Path, n: int, plan: Path | None, *, name: str = "replay", python: str = sys.executable,
+              retries: str = "{attempts: 1}", timeouts: str = "{job: 30m, lock_wait: 2m}") -> Path:
     """Boards b00..b<n-1> (aliases in ~/.ssh/config, write_ssh_config), all with one deploy root
-    and interpreter: the recording's."""
-    lines = [f"name: {name}", "retries: {attempts: 1}", "timeouts: {job: 30m, lock_wait: 2m}", "boards:"]
+    and interpreter: the recording's. retries and timeouts: the lab file's mappings, as YAML."""
+    lines = [f"name: {name}", f"retries: {retries}", f"timeouts: {timeouts}", "boards:"]
     extra = f", plan: {plan}" if plan is not None else ""
     for i in range(n):
         lines.append(f"  b{i:02d}: {{transport: ssh, host: b{i:02d}, python: {python}, deploy_dir: {DEPLOY_ROOT}, probe: quick{extra}}}")
