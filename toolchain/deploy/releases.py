@@ -147,9 +147,14 @@ class Shipper:
 
     def _upload_error(self, exc: EdgeDeployError | OSError, partial: str, size: int) -> EdgeDeployError:
         """Say why an upload stopped; the .partial stays, so the next ship resumes it."""
-        done = max(0, self.remote_size(partial))
-        free = self.free_bytes()
         what = exc.message if isinstance(exc, EdgeDeployError) else f"{self.transport.display}: upload failed: {exc}"
+        try:
+            done = max(0, self.remote_size(partial))
+            free = self.free_bytes()
+        except TargetError:
+            # The board went away with the upload (sshd killed, a reboot): asking how far it got
+            # reconnects and is refused. Report the upload's own error, not that refusal.
+            return TargetError(f"{what} (the previous release stays current)", "ship again: the upload resumes from where it stopped")
         if (free is not None and free < FREE_MARGIN_BYTES // 16) or "No space left" in what:
             return TargetError(
                 f"{self.transport.display}: the disk filled up during the upload ({fmt_bytes(done)} of {fmt_bytes(size)} written, "
