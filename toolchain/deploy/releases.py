@@ -230,6 +230,10 @@ class Shipper:
         doomed = [r for r in rels[:-keep] if r != current] if keep > 0 else [r for r in rels if r != current]
         for rid in doomed:
             self.sh('rm -rf "$1/releases/$2"', self.root, rid)
+        # Staging dirs of installs cut off mid-way (sshd killed, a reboot): never promoted, and the
+        # retry stages under a new id, so nothing else would ever remove them. The new release is
+        # already renamed into place here, and the lab's board lock keeps other deploys out.
+        self.sh('cd "$1/releases" 2>/dev/null || exit 0; for d in *.partial; do [ -d "$d" ] && rm -rf "./$d"; done; exit 0', self.root)
         self.sh(
             'cd "$1" || exit 0; refs=$(for l in releases/*/model.gguf; do [ -L "$l" ] && readlink "$l"; done); '
             'for m in models/*.gguf; do [ -f "$m" ] || continue; b=$(basename "$m"); '

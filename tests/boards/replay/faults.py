@@ -147,3 +147,24 @@ class RebootInRun(Fault):
         self.detail["release"] = seen
         self.board.reboot(self.down_s)
         self.detail["down_s"] = self.down_s
+
+
+class InstallCut(Fault):
+    """sshd killed while a release is being staged (releases/<id>.partial exists), back after down_s."""
+
+    kind = "sshd killed mid-install"
+
+    def __init__(self, board: ReplayBoard, *, down_s: float = 1.5) -> None:
+        super().__init__(board)
+        self.down_s = down_s
+
+    def trigger(self) -> object | None:
+        hits = glob.glob(str(self.board.path(f"{DEPLOY_ROOT}/releases")) + "/*.partial")
+        return Path(hits[0]).name if hits else None
+
+    def act(self, seen: object) -> None:
+        self.detail["staging"] = seen
+        self.detail["killed"] = self.board.kill_sshd()
+        time.sleep(self.down_s)
+        self.board.start_sshd()
+        self.detail["sshd"] = f"back after {self.down_s:g} s"
