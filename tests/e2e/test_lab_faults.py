@@ -34,9 +34,8 @@ from toolchain.fleet.document import BoardRow
 from toolchain.fleet.locks import LOCK_NAME
 from toolchain.models.gguf_reader import sha256_file
 
-BOARDS = ["clean", "lossy", "flaky", "rebooted", "dead", "cut-install"]
+BOARDS = list(faults.SCENARIOS)  # each board is named after the fault it gets (faults.scenario)
 RELEASE_FILES = {"events.py", "manifest.json", "model.gguf", "run.sh", "runner.py", "settings.json"}
-SLOW_LINK = 250_000  # bytes/s: a board on poor Wi-Fi, so that the 1.4 MB upload lasts seconds and can be cut
 REPORT_SCHEMA = REPO / "docs" / "lab-report.schema.json"
 
 
@@ -94,15 +93,6 @@ def attempt_error(log: str, attempt: int) -> str | None:
     return next((line[len(head):] for line in log.splitlines() if line.startswith(head)), None)
 
 
-def outcomes_table(rows: list[BoardRow], fired: dict[str, faults.Fault], wall_s: float) -> str:
-    lines = [f"{'board':<12} {'fault':<52} {'status':<42} {'class':<15} {'attempts':>8} {'wall s':>7}"]
-    for r in rows:
-        f = fired.get(r["name"])
-        lines.append(f"{r['name']:<12} {f.describe() if f else 'none':<52.52} {r['status']:<42} {r['failure_class'] or '-':<15} "
-                     f"{r['attempts']:>8} {r['duration_s']:>7.1f}")
-    return "\n".join(lines) + f"\nlab wall time {wall_s:.1f} s"
-
-
 @pytest.mark.slow
 def test_lab_of_faulty_boards_ends_each_board_passed_or_retried_with_no_half_installed_release(replay_home: Path, tmp_path: Path) -> None:
     t_test = time.monotonic()
@@ -111,19 +101,10 @@ def test_lab_of_faulty_boards_ends_each_board_passed_or_retried_with_no_half_ins
     size, sha = gguf.stat().st_size, sha256_file(gguf)
     with ExitStack() as stack:
         boards = {name: stack.enter_context(ReplayBoard(rec.dir)) for name in BOARDS}
-        boards["lossy"].set_link(loss=0.08, rate=2 * SLOW_LINK)
-        for name in ("flaky", "dead", "cut-install"):
-            boards[name].set_link(rate=SLOW_LINK)
+        armed = {name: f for name, board in boards.items() if (f := faults.scenario(name, board, size)) is not None}
         fleet.write_ssh_config(replay_home, list(boards.values()), BOARDS)
         lab = fleet.write_lab(tmp_path / "lab.yaml", len(BOARDS), rec.plan, name="faults", names=BOARDS,
                               retries="{attempts: 3, backoff: 2s}", timeouts="{job: 15m, lock_wait: 2m}")
-        armed: dict[str, faults.Fault] = {
-            "lossy": faults.Outage(boards["lossy"], size, at=0.2, down_s=3.0),
-            "flaky": faults.SshdCut(boards["flaky"], size, at=0.3, down_s=1.5),
-            "rebooted": faults.RebootInRun(boards["rebooted"], down_s=2.0),
-            "dead": faults.SshdCut(boards["dead"], size, at=0.3, down_s=None),
-            "cut-install": faults.InstallCut(boards["cut-install"], down_s=1.5),
-        }
         for f in armed.values():
             f.start()
         t_lab = time.monotonic()
@@ -132,7 +113,7 @@ def test_lab_of_faulty_boards_ends_each_board_passed_or_retried_with_no_half_ins
         for f in armed.values():
             f.stop()
         rows = {r["name"]: r for r in result.doc["boards"]}
-        print("\n" + outcomes_table(result.doc["boards"], armed, wall) + f"\ntest wall time {time.monotonic() - t_test:.1f} s")
+        print("\n" + faults.outcomes_table(result.doc["boards"], armed, wall) + f"\ntest wall time {time.monotonic() - t_test:.1f} s")
         for name, f in armed.items():
             assert f.error is None and f.fired is not None, f"{name}: {f.describe()}: {f.error!r}"
         logs = {name: (result.run_dir / "boards" / name / "pipeline.log").read_text() for name in BOARDS}

@@ -204,10 +204,14 @@ class ReplayBoard:
         os.kill(pid, signal.SIGUSR1)
         self._wait_ready()
 
-    def reboot(self, down_s: float = 2.0) -> None:
-        """A reboot: the link goes silent, every process of the board dies, it stays off the
-        network down_s, and comes back with a new boot_id (/proc/sys/kernel/random/boot_id, which
-        edgedeploy reads to tell a reboot from a dropped link) and sshd. The disk stays."""
+    def reboot(self, down_s: float = 2.0) -> bool:
+        """A reboot: the link goes silent, every process of the board dies, its kernel forgets
+        every TCP connection, it stays off the network down_s, and comes back with a new boot_id
+        (/proc/sys/kernel/random/boot_id, which edgedeploy reads to tell a reboot from a dropped
+        link) and sshd. The disk stays. A host whose connection was idle learns of it only when
+        it next sends (a keepalive), and gets a RST, as from a board that really rebooted.
+        Returns False where the kernel cannot destroy sockets (no INET_DIAG_DESTROY): the killed
+        processes' connections then end with a FIN once the link is back, sooner than they would."""
         pid = self._init_pid()
         if pid is None:
             raise RuntimeError(f"board {self.name} is not running")
@@ -216,12 +220,15 @@ class ReplayBoard:
         deadline = time.monotonic() + 5
         while self.pids() and time.monotonic() < deadline:
             time.sleep(0.01)
+        # The killed processes' sockets linger (FIN_WAIT), retransmitting their FIN: a rebooted kernel has none.
+        forgot = _run(["nsenter", "-t", str(pid), "-n", "ss", "-K", "-tan"]).returncode == 0
         boot = self.workdir / f"boot_id.{time.monotonic_ns()}"
         boot.write_text(f"{uuid.uuid4()}\n")
         _must(["nsenter", "-t", str(pid), "-m", "mount", "--bind", str(boot), "/proc/sys/kernel/random/boot_id"])
         time.sleep(down_s)
         self.set_link(down=False)
         self.start_sshd()
+        return forgot
 
     # --- lifecycle --------------------------------------------------------------------------
 

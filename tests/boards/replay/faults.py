@@ -19,10 +19,12 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from tests.boards.replay.board import DEPLOY_ROOT, ReplayBoard
 
 POLL_S = 0.005
+SLOW_LINK = 250_000  # bytes/s: a board on poor Wi-Fi, so that the 1.4 MB upload lasts seconds and can be cut
 WAIT_S = 300.0  # a trigger that never comes ends the watcher (the test then says it never fired)
 
 
@@ -145,7 +147,7 @@ class RebootInRun(Fault):
 
     def act(self, seen: object) -> None:
         self.detail["release"] = seen
-        self.board.reboot(self.down_s)
+        self.detail["connections forgotten"] = self.board.reboot(self.down_s)
         self.detail["down_s"] = self.down_s
 
 
@@ -168,3 +170,41 @@ class InstallCut(Fault):
         time.sleep(self.down_s)
         self.board.start_sshd()
         self.detail["sshd"] = f"back after {self.down_s:g} s"
+
+
+SCENARIOS = ("clean", "lossy", "flaky", "rebooted", "dead", "cut-install")
+
+
+def scenario(name: str, board: ReplayBoard, model_bytes: int) -> Fault | None:
+    """Set up one of SCENARIOS on a started board: its link, and the fault (not yet started).
+
+    clean: nothing. lossy: 8 % of packets dropped each way, 500 kB/s, and 3 s of silence once a
+    fifth of the model is up. flaky: sshd killed with 30 % of the model up, back after 1.5 s.
+    rebooted: a reboot as soon as the runner starts (down 2 s). dead: sshd killed with 30 % up,
+    never back. cut-install: sshd killed while the release is staged, back after 1.5 s."""
+    if name == "clean":
+        return None
+    if name == "lossy":
+        board.set_link(loss=0.08, rate=2 * SLOW_LINK)
+        return Outage(board, model_bytes, at=0.2, down_s=3.0)
+    if name == "rebooted":
+        return RebootInRun(board, down_s=2.0)
+    board.set_link(rate=SLOW_LINK)
+    if name == "flaky":
+        return SshdCut(board, model_bytes, at=0.3, down_s=1.5)
+    if name == "dead":
+        return SshdCut(board, model_bytes, at=0.3, down_s=None)
+    if name == "cut-install":
+        return InstallCut(board, down_s=1.5)
+    raise ValueError(f"unknown fault scenario {name!r}: one of {', '.join(SCENARIOS)}")
+
+
+def outcomes_table(rows: list[Any], fired: dict[str, Fault], wall_s: float) -> str:
+    """The lab report's board rows (report.json) beside the fault each board got."""
+    lines = [f"{'board':<15} {'fault':<26} {'status':<40} {'class':<15} {'attempts':>8} {'wall s':>7}"]
+    for r in rows:
+        f = fired.get(r["name"])
+        lines.append(f"{r['name']:<15} {f.kind if f else 'none':<26} {r['status']:<40} {r['failure_class'] or '-':<15} "
+                     f"{r['attempts']:>8} {r['duration_s']:>7.1f}")
+    lines += [f"  {name}: {f.describe()}" for name, f in fired.items()]
+    return "\n".join(lines) + f"\nlab wall time {wall_s:.1f} s"
