@@ -14,6 +14,13 @@ is emptied: each run is a first ship, with the transfer.
 Rounds alternate one board and N boards (drift in machine load hits both); medians are compared.
 Goal: ratio = wall(N boards) / wall(1 board) <= 3.
 
+    .venv/bin/python bench/lab_scale.py --faults [--boards 6]
+
+--faults runs one full lab instead, each board getting one of tests/boards/replay/faults.py's
+scenarios in turn (clean, lossy link, sshd killed mid-transfer, reboot mid-run, sshd dead,
+sshd killed mid-install), and prints each board's outcome, failure class, attempts and wall time
+(the same lab as tests/e2e/test_lab_faults.py, which asserts on it).
+
 Also printed: edgedeploy's host CPU per board (this process, user+sys, and any child it ran, over
 N), the boards' and links' CPU apart from it, and whether anything else used this machine
 meanwhile (other processes' CPU from /proc/stat, load average): a busy machine is named.
@@ -37,7 +44,7 @@ from types import FrameType
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.boards.replay import fleet  # noqa: E402
+from tests.boards.replay import faults, fleet  # noqa: E402
 from tests.boards.replay.board import ReplayBoard  # noqa: E402
 from tests.boards.replay.board import board_cpu_s as rig_cpu_s  # noqa: E402
 from toolchain.core.nouns import BUSY_OTHER_CPU_SHARE, BUSY_STEAL_SHARE  # noqa: E402
@@ -110,7 +117,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--probe-only", action="store_true", help="time `lab run --probe-only --quick` instead of a full run")
     ap.add_argument("--board", default="rpi4-4gb", help="the emulated board recorded (tests/boards)")
+    ap.add_argument("--faults", action="store_true", help="one full lab with a fault per board; print outcomes, attempts, wall time")
     args = ap.parse_args()
+    if args.faults and args.probe_only:
+        ap.error("--faults runs a full lab: leave out --probe-only")
+    if args.faults and "--boards" not in sys.argv:
+        args.boards = len(faults.SCENARIOS)
     if args.boards < 1 or args.rounds < 1:
         ap.error("--boards and --rounds must be at least 1")
 
@@ -140,6 +152,9 @@ def main() -> None:
         lab = fleet.write_lab(work / "lab.yaml", args.boards, rec.plan)
         print(f"started {len(boards)} replay boards ({boards[0].link}, {2 * boards[0].delay_ms:g} ms round trip) in "
               f"{time.perf_counter() - t:.1f} s", file=sys.stderr)
+        if args.faults:
+            run_faults(work, rec, boards)  # its work dir stays: the lab's reports are in it
+            return
         timed(lab, boards, args.boards, args.probe_only)  # warm-up: imports, every board's first connection
         runs: dict[int, list[Sample]] = {1: [], args.boards: []}
         for r in range(args.rounds):
@@ -155,6 +170,25 @@ def main() -> None:
     finally:
         for b in boards:
             b.stop()
+
+
+def run_faults(work: Path, rec: fleet.Recording, boards: list[ReplayBoard]) -> None:
+    """One full lab, board i getting faults.SCENARIOS[i % 6]; prints the outcomes table."""
+    size = (rec.plan.parent / "synth-replay.gguf").stat().st_size
+    names = [f"{faults.SCENARIOS[i % len(faults.SCENARIOS)]}-{i:02d}" for i in range(len(boards))]
+    armed = {n: f for n, b in zip(names, boards, strict=True) if (f := faults.scenario(n.rsplit("-", 1)[0], b, size)) is not None}
+    fleet.write_ssh_config(Path(os.environ["HOME"]), boards, names)
+    lab = fleet.write_lab(work / "faults.yaml", len(boards), rec.plan, name="faults", names=names,
+                          retries="{attempts: 3, backoff: 2s}", timeouts="{job: 30m, lock_wait: 2m}")
+    for f in armed.values():
+        f.start()
+    t = time.perf_counter()
+    result = fleet.run(lab, probe_only=False, parallel=len(boards))
+    wall = time.perf_counter() - t
+    for f in armed.values():
+        f.stop()
+    print(f"lab run with faults on {len(boards)} replay boards: exit {result.exit_code} (report: {result.run_dir})")
+    print(faults.outcomes_table(list(result.doc["boards"]), armed, wall))
 
 
 def report(n: int, rounds: int, kind: str, link: str, runs: dict[int, list[Sample]]) -> None:

@@ -147,9 +147,14 @@ class Shipper:
 
     def _upload_error(self, exc: EdgeDeployError | OSError, partial: str, size: int) -> EdgeDeployError:
         """Say why an upload stopped; the .partial stays, so the next ship resumes it."""
-        done = max(0, self.remote_size(partial))
-        free = self.free_bytes()
         what = exc.message if isinstance(exc, EdgeDeployError) else f"{self.transport.display}: upload failed: {exc}"
+        try:
+            done = max(0, self.remote_size(partial))
+            free = self.free_bytes()
+        except TargetError:
+            # The board went away with the upload (sshd killed, a reboot): asking how far it got
+            # reconnects and is refused. Report the upload's own error, not that refusal.
+            return TargetError(f"{what} (the previous release stays current)", "ship again: the upload resumes from where it stopped")
         if (free is not None and free < FREE_MARGIN_BYTES // 16) or "No space left" in what:
             return TargetError(
                 f"{self.transport.display}: the disk filled up during the upload ({fmt_bytes(done)} of {fmt_bytes(size)} written, "
@@ -225,6 +230,10 @@ class Shipper:
         doomed = [r for r in rels[:-keep] if r != current] if keep > 0 else [r for r in rels if r != current]
         for rid in doomed:
             self.sh('rm -rf "$1/releases/$2"', self.root, rid)
+        # Staging dirs of installs cut off mid-way (sshd killed, a reboot): never promoted, and the
+        # retry stages under a new id, so nothing else would ever remove them. The new release is
+        # already renamed into place here, and the lab's board lock keeps other deploys out.
+        self.sh('cd "$1/releases" 2>/dev/null || exit 0; for d in *.partial; do [ -d "$d" ] && rm -rf "./$d"; done; exit 0', self.root)
         self.sh(
             'cd "$1" || exit 0; refs=$(for l in releases/*/model.gguf; do [ -L "$l" ] && readlink "$l"; done); '
             'for m in models/*.gguf; do [ -f "$m" ] || continue; b=$(basename "$m"); '

@@ -41,6 +41,9 @@ write_owner() {
 }
 mkdir -p "$(dirname "$lock")" || exit 3
 if mkdir "$lock" 2>/dev/null; then write_owner && echo ACQUIRED; exit 0; fi
+# Our own token: an earlier attempt of this very job left it (the board dropped off before the
+# release got through). That attempt has ended, so the lock is still ours: no wait for its expiry.
+if grep -q "\"token\": \"$token\"" "$lock/owner.json" 2>/dev/null; then write_owner && echo RECLAIMED; exit 0; fi
 exp=$(EXPIRY)
 if [ -z "$exp" ]; then
     # No owner.json: a holder between mkdir and its write, or one killed right there: judge by age.
@@ -126,18 +129,24 @@ class BoardLock:
     """`with BoardLock(t, root, lab="x", ttl_s=120).held(wait_s=600): ...` deploys alone."""
 
     def __init__(self, transport: Transport, deploy_root: str, *, lab: str, ttl_s: float = 120.0, owner: str | None = None,
-                 job: str | None = None, poll_s: float = 1.0) -> None:
+                 job: str | None = None, poll_s: float = 1.0, token: str | None = None) -> None:
         self.transport = transport
         self.path = lock_path(deploy_root)
         self.lab = lab
         self.ttl_s = max(3, int(ttl_s))
-        self.token = uuid.uuid4().hex
+        # One token per holder. The lab passes the same one to every attempt on a board: a retry
+        # after the board went away mid-run finds the lock its last attempt could not release and
+        # takes it back at once, instead of waiting out lock.ttl behind itself.
+        if token is not None and not (token and all(c in "0123456789abcdef" for c in token)):
+            raise ValueError(f"lock token {token!r} is not lowercase hexadecimal")  # it is matched by grep on the board
+        self.token = token or uuid.uuid4().hex
         job_id, job_url = ci_job()
         self.job = job if job is not None else job_id
         self.job_url = job_url
         self.owner = owner or f"{getpass.getuser()}@{socket.gethostname()} pid {os.getpid()}"
         self.poll_s = poll_s
         self.took_over: Holder | None = None  # the expired holder this lock replaced
+        self.reclaimed = False  # took back the lock an earlier attempt with this token left
         self.waited_for: Holder | None = None  # the holder we waited on, if any
         self.lost = False
         self._stop = threading.Event()
@@ -154,6 +163,9 @@ class BoardLock:
         if res.exit_status != 0 or not lines:
             raise LockError(f"{self.transport.display}: cannot create the board lock {self.path}: {res.tail() or 'no output'}",
                               "check that the deploy directory is writable on the board")
+        if "RECLAIMED" in lines:
+            self.reclaimed = True
+            return None
         if "ACQUIRED" in lines or "TAKEOVER" in lines:
             prev = next((x[len("PREVIOUS "):] for x in lines if x.startswith("PREVIOUS ")), None)
             if "TAKEOVER" in lines:

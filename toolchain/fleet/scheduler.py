@@ -18,6 +18,7 @@ import queue
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -112,6 +113,9 @@ class _Job:
     run_dir: Path | None = None
     abandoned: str | None = None  # why the watchdog gave up on it
     wake: threading.Event = field(default_factory=threading.Event)
+    # the board lock's token, the same for every attempt: a retry takes back the lock an attempt
+    # cut off from the board could not release (locks.py), rather than wait lock.ttl behind itself
+    lock_token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def line(self, now: float) -> BoardLine:
         o = self.outcome
@@ -257,11 +261,15 @@ class LabRunner:
                 job.outcome.attempts = attempt
                 job.run_dir = None
             result = self._attempt(job, log)
+            if result.failure is not None:  # the lab report keeps only the last attempt: the log keeps each one's why
+                log.write(f"attempt {attempt} failed ({result.failure.value}): {result.error}\n")
+                log.flush()
             if not (retryable(result.failure) and not result.no_retry and attempt < policy.attempts):
                 break
             delay = policy.delay_s(attempt)
             if self.clock() - job.t0 + delay >= board.timeouts.board_s:
                 break  # no time left in the board's timeout for another try
+            log.write(f"retrying in {delay:g} s\n")
             self._set_stage(job, "retry", f"{result.error}; next try in {delay:g} s")
             if job.wake.wait(delay):
                 return  # abandoned while backing off
@@ -286,7 +294,7 @@ class LabRunner:
                 # An absolute deploy dir needs no round trip for $HOME (it adds up over a fleet).
                 root = spec.deploy_dir if spec.deploy_dir and spec.deploy_dir.startswith("/") else deploy_root(spec, transport)
                 self._set_stage(job, "lock")
-                lock = BoardLock(transport, root, lab=self.lab.name, ttl_s=self.lab.lock_ttl_s)
+                lock = BoardLock(transport, root, lab=self.lab.name, ttl_s=self.lab.lock_ttl_s, token=job.lock_token)
 
                 def waiting(holder: Holder) -> None:
                     job.outcome.reached = True
@@ -298,6 +306,8 @@ class LabRunner:
                     job.outcome.lock_waited_s += self.clock() - t_lock
                     job.outcome.lock_waited_for = lock.waited_for.describe() if lock.waited_for else None
                     job.outcome.lock_took_over = lock.took_over.describe() if lock.took_over else None
+                    if lock.reclaimed:
+                        events.log("took back the board lock the last attempt left (it lost the board before releasing it)")
                     run_dir = new_run_dir(board.name)
                     job.run_dir = run_dir
                     if self.probe_only:

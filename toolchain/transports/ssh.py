@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import getpass
+import logging
 import secrets
 import select
 import socket
@@ -31,6 +32,12 @@ from toolchain.transports.ssh_hostkeys import (
     known_hosts_files,
     load_known_hosts,
 )
+
+# paramiko logs a link's loss at ERROR from its transport thread ("Socket exception: Connection
+# reset by peer (104)"); with no handler configured Python prints that on stderr, across the lab's
+# live view, while edgedeploy reports the same loss itself, classified. A NullHandler stops only
+# that fallback: handlers an application installs (--debug) still get the records.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 READ_CHUNK = 1 << 16
 KEEPALIVE_S = 15  # keeps NAT/firewall state alive between a long build and the next command

@@ -304,8 +304,10 @@ def _stderr(chan: paramiko.Channel) -> str:
 def _copy_error(what: str, status: int, stderr: str, done: int, total: int, *, connection_lost: bool) -> TargetError:
     last = stderr.splitlines()[-1] if stderr else ""
     if connection_lost:
+        # `done` is what left this machine: bytes in flight on a slow link (up to the socket buffers
+        # and the channel window) may never have reached the target, so this is not what it holds.
         return TargetError(
-            f"{what}: connection lost after {done} of {total} bytes" + (f": {last}" if last else ""), PARTIAL_HINT
+            f"{what}: connection lost with {done} of {total} bytes sent" + (f": {last}" if last else ""), PARTIAL_HINT
         )
     return TargetError(
         f"{what} failed (exit {status}) after {done} of {total} bytes" + (f": {last}" if last else ""),

@@ -15,6 +15,14 @@ runner are answered from the recording (sleeping for the recorded time), the res
 Everything started for a board dies with it, and with the process that started it (PDEATHSIG):
 its namespaces and interfaces vanish with their last process, so nothing is left to clean up.
 Root only.
+
+Faults (tests/e2e/test_lab_faults.py, replay/faults.py): set_link(loss=, rate=, down=) makes the
+link drop packets, cap its bandwidth or go silent; kill_sshd()/start_sshd() kill the board's sshd
+(listener and sessions) and bring it back; reboot() kills every process of the board and starts
+sshd again with a new boot_id. The board's PID 1 is _pid1.py, not sshd, so that the board (its
+namespaces, its disk) outlives its processes. A reboot keeps the disk: the deploy root's tmpfs
+stands for the board's storage (store, releases, `current`, the lab lock, any .partial upload),
+which a real reboot keeps; it loses the processes, the connections, the packets on the wire.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import base64
 import fcntl
 import hashlib
+import json
 import os
 import pwd
 import shlex
@@ -32,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -87,6 +97,8 @@ class ReplayBoard:
         self._proc: subprocess.Popen[bytes] | None = None
         self._delay: subprocess.Popen[bytes] | None = None
         self._pidns = ""
+        self.link_control = self.workdir / "link.json"  # the delay line's faults (set_link)
+        self._faults: dict[str, float | bool] = {"loss": 0.0, "rate": 0.0, "down": False}
         self.host_key_fingerprint = ""
         self._host_key_line = ""
 
@@ -132,6 +144,91 @@ class ReplayBoard:
         except OSError:
             return 0.0
         return sum(int(x) for x in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+    # --- faults -----------------------------------------------------------------------------
+
+    def set_link(self, *, loss: float | None = None, rate: float | None = None, down: bool | None = None) -> None:
+        """Change the link's faults (the others stay): loss, a probability per packet each way;
+        rate, a cap in bytes/s each way (0: none); down, drop everything (silence, no RST)."""
+        for key, value in (("loss", loss), ("rate", rate), ("down", down)):
+            if value is not None:
+                self._faults[key] = value
+        if self.link == "netem":  # the kernel's netem does all three itself (loss 100 %: down)
+            f = self._faults
+            opts = f"delay {self.delay_ms:g}ms loss {100.0 if f['down'] else float(f['loss']) * 100:g}%"
+            opts += f" rate {int(float(f['rate']) * 8)}bit" if f["rate"] else ""
+            assert self._proc is not None
+            _must(["sh", "-c", f"tc qdisc change dev edr{self.index}h root netem {opts}"])
+            _must(["nsenter", "-t", str(self._proc.pid), "-n", "sh", "-c", f"tc qdisc change dev edr{self.index}b root netem {opts}"])
+            return
+        if self._delay is None:
+            raise RuntimeError(f"board {self.name} has no link")
+        tmp = self.link_control.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self._faults))
+        tmp.replace(self.link_control)
+        self._delay.send_signal(signal.SIGHUP)
+        time.sleep(0.05)  # the delay line reads it between packets: well within this
+
+    def pids(self) -> dict[int, str]:
+        """The board's processes but its PID 1 (this machine's pid -> command name)."""
+        init = self._init_pid()
+        out: dict[int, str] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != init:
+                try:
+                    if os.readlink(f"/proc/{entry}/ns/pid") == self._pidns:
+                        out[int(entry)] = Path(f"/proc/{entry}/comm").read_text().strip()
+                except OSError:
+                    continue
+        return out
+
+    def kill_sshd(self) -> int:
+        """SIGKILL the board's sshd, its listener and every session (sshd, sshd-session): what a
+        crash of sshd or the OOM killer does. The sessions' commands live on, as they would.
+        Returns how many processes were killed."""
+        killed = 0
+        for pid, comm in self.pids().items():
+            if comm.startswith("sshd"):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+                except ProcessLookupError:
+                    pass
+        return killed
+
+    def start_sshd(self) -> None:
+        """Bring sshd back (after kill_sshd or reboot) and wait until it answers."""
+        pid = self._init_pid()
+        if pid is None:
+            raise RuntimeError(f"board {self.name} is not running")
+        os.kill(pid, signal.SIGUSR1)
+        self._wait_ready()
+
+    def reboot(self, down_s: float = 2.0) -> bool:
+        """A reboot: the link goes silent, every process of the board dies, its kernel forgets
+        every TCP connection, it stays off the network down_s, and comes back with a new boot_id
+        (/proc/sys/kernel/random/boot_id, which edgedeploy reads to tell a reboot from a dropped
+        link) and sshd. The disk stays. A host whose connection was idle learns of it only when
+        it next sends (a keepalive), and gets a RST, as from a board that really rebooted.
+        Returns False where the kernel cannot destroy sockets (no INET_DIAG_DESTROY): the killed
+        processes' connections then end with a FIN once the link is back, sooner than they would."""
+        pid = self._init_pid()
+        if pid is None:
+            raise RuntimeError(f"board {self.name} is not running")
+        self.set_link(down=True)
+        os.kill(pid, signal.SIGUSR2)
+        deadline = time.monotonic() + 5
+        while self.pids() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # The killed processes' sockets linger (FIN_WAIT), retransmitting their FIN: a rebooted kernel has none.
+        forgot = _run(["nsenter", "-t", str(pid), "-n", "ss", "-K", "-tan"]).returncode == 0
+        boot = self.workdir / f"boot_id.{time.monotonic_ns()}"
+        boot.write_text(f"{uuid.uuid4()}\n")
+        _must(["nsenter", "-t", str(pid), "-m", "mount", "--bind", str(boot), "/proc/sys/kernel/random/boot_id"])
+        time.sleep(down_s)
+        self.set_link(down=False)
+        self.start_sshd()
+        return forgot
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -231,7 +328,8 @@ class ReplayBoard:
     def _launch(self, go_fd: int) -> None:
         unshare = ["unshare", "--net", "--mount", "--uts", "--pid", "--fork", "--kill-child", "--propagation", "private"]
         sshd = [str(SSHD), "-D", "-e", "-f", str(self.workdir / "sshd_config")]
-        overlay = [sys.executable, "-I", "-S", str(NSINIT), str(self.board_dir), "--", *sshd]
+        pid1 = [sys.executable, "-I", "-S", str(HERE / "_pid1.py"), "--", *sshd]  # outlives sshd (faults)
+        overlay = [sys.executable, "-I", "-S", str(NSINIT), str(self.board_dir), "--", *pid1]
         init = [sys.executable, "-I", "-S", str(HERE / "_init.py"), str(go_fd), STATE_DIR, str(self.workdir / "passwd"), "--", *overlay]
         argv = ["setpriv", "--pdeathsig", "KILL", "--", *unshare, *init]
         with open(self.log_path, "wb") as log:
@@ -273,8 +371,9 @@ class ReplayBoard:
             if _netem is None and "unknown" not in (res.stderr + res.stdout).lower():
                 raise BoardStartError(f"tc netem on {h}: {res.stderr.strip()}")
             _netem = False
+        self.link_control.write_text(json.dumps(self._faults))
         self._delay = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--", sys.executable, "-I", "-S", str(HERE / "delayline.py"),
-                                        h, d, f"{self.delay_ms:g}"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                        h, d, f"{self.delay_ms:g}", str(self.link_control)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, start_new_session=True)
         assert self._delay.stdout is not None
         if self._delay.stdout.readline().strip() != b"ready":

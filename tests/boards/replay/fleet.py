@@ -57,21 +57,26 @@ def write_plan(path: Path, gguf: Path, prediction: Prediction | None = None) -> 
     return path
 
 
-def write_lab(path: Path, n: int, plan: Path | None, *, name: str = "replay", python: str = sys.executable) -> Path:
-    """Boards b00..b<n-1> (aliases in ~/.ssh/config, write_ssh_config), all with one deploy root
-    and interpreter: the recording's."""
-    lines = [f"name: {name}", "retries: {attempts: 1}", "timeouts: {job: 30m, lock_wait: 2m}", "boards:"]
+def aliases(n: int) -> list[str]:
+    return [f"b{i:02d}" for i in range(n)]
+
+
+def write_lab(path: Path, n: int, plan: Path | None, *, name: str = "replay", python: str = sys.executable,
+              retries: str = "{attempts: 1}", timeouts: str = "{job: 30m, lock_wait: 2m}", names: list[str] | None = None) -> Path:
+    """Boards b00..b<n-1>, or `names` (aliases in ~/.ssh/config, write_ssh_config), all with one
+    deploy root and interpreter: the recording's. retries and timeouts: the lab file's mappings, as YAML."""
+    lines = [f"name: {name}", f"retries: {retries}", f"timeouts: {timeouts}", "boards:"]
     extra = f", plan: {plan}" if plan is not None else ""
-    for i in range(n):
-        lines.append(f"  b{i:02d}: {{transport: ssh, host: b{i:02d}, python: {python}, deploy_dir: {DEPLOY_ROOT}, probe: quick{extra}}}")
+    for alias in names or aliases(n):
+        lines.append(f"  {alias}: {{transport: ssh, host: {alias}, python: {python}, deploy_dir: {DEPLOY_ROOT}, probe: quick{extra}}}")
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def write_ssh_config(home: Path, boards: list[ReplayBoard]) -> None:
+def write_ssh_config(home: Path, boards: list[ReplayBoard], names: list[str] | None = None) -> None:
     ssh = home / ".ssh"
     ssh.mkdir(parents=True, exist_ok=True)
-    (ssh / "config").write_text("".join(b.ssh_config(f"b{i:02d}") for i, b in enumerate(boards)))
+    (ssh / "config").write_text("".join(b.ssh_config(a) for a, b in zip(names or aliases(len(boards)), boards, strict=True)))
 
 
 def run(lab: Path, *, probe_only: bool, parallel: int | None = None, names: list[str] | None = None,
