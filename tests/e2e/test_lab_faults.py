@@ -88,6 +88,16 @@ def final_report(row: BoardRow) -> dict[str, Any]:
     return doc
 
 
+def cmdlines(board: ReplayBoard) -> list[str]:
+    out = []
+    for pid in board.pids():
+        try:
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return out
+
+
 def attempt_error(log: str, attempt: int) -> str | None:
     """Why attempt N failed, as the lab wrote it into the board's pipeline.log (scheduler.py)."""
     head = f"attempt {attempt} failed (infrastructure): "
@@ -174,6 +184,11 @@ def test_lab_of_faulty_boards_ends_each_board_passed_or_retried_with_no_half_ins
             assert rel["activated"] and (root / "current").readlink() == Path("releases") / rel["id"], (name, rel)
             assert (root / "activations.log").read_text().split() == [rel["id"]]  # only the release that passed was ever current
             assert not list((root / "models").glob("*.partial")) and not (root / LOCK_NAME).exists()
+        # sshd killed mid-run: the orphaned runner (held 60 s) was stopped before the retry measured, not left
+        # to compete with it; a process naming the cut release would still be sleeping here otherwise
+        cut_release = f"{DEPLOY_ROOT}/releases/{armed['flaky-run'].detail['release']}/"
+        assert [c for c in cmdlines(boards["flaky-run"]) if cut_release in c] == []
+        assert "stopped its leftover runner" in logs["flaky-run"], logs["flaky-run"][-1500:]
         # the release whose run was cut is there, whole, never current (the rebooted board kept its disk)
         for name in ("rebooted", "flaky-run"):
             assert len(releases_on(disk(boards[name]))) == 2 and armed[name].detail["release"] in releases_on(disk(boards[name]))

@@ -223,7 +223,7 @@ def scenario(name: str, board: ReplayBoard, model_bytes: int) -> Fault | None:
     fifth of the model is up. flaky: sshd killed with 30 % of the model up, back after 1.5 s.
     rebooted: a reboot as soon as the runner starts (down 2 s). dead: sshd killed with 30 % up,
     never back. cut-install: sshd killed while the release is staged, back after 1.5 s.
-    flaky-run: sshd killed while the runner runs, back after 1 s (no reboot). rebooted-xfer: a
+    flaky-run: sshd killed while the runner runs (held 60 s), back after 1 s (no reboot). rebooted-xfer: a
     reboot with 30 % of the model up (down 2 s)."""
     if name == "clean":
         return None
@@ -233,6 +233,7 @@ def scenario(name: str, board: ReplayBoard, model_bytes: int) -> Fault | None:
     if name == "rebooted":
         return RebootInRun(board, down_s=2.0)
     if name == "flaky-run":
+        board.hold_runner(60.0)  # still running, orphaned, when edgedeploy is back on the board
         return SshdCutInRun(board, down_s=1.0)
     board.set_link(rate=SLOW_LINK)
     if name == "flaky":
