@@ -18,7 +18,7 @@ Goal: ratio = wall(N boards) / wall(1 board) <= 3.
 
 --faults runs one full lab instead, each board getting one of tests/boards/replay/faults.py's
 scenarios in turn (clean, lossy link, sshd killed mid-transfer, reboot mid-run, sshd dead,
-sshd killed mid-install), and prints each board's outcome, failure class, attempts and wall time
+sshd killed mid-install, sshd killed mid-run, reboot mid-transfer), and prints each board's outcome, failure class, attempts and wall time
 (the same lab as tests/e2e/test_lab_faults.py, which asserts on it).
 
 Also printed: edgedeploy's host CPU per board (this process, user+sys, and any child it ran, over
@@ -173,7 +173,7 @@ def main() -> None:
 
 
 def run_faults(work: Path, rec: fleet.Recording, boards: list[ReplayBoard]) -> None:
-    """One full lab, board i getting faults.SCENARIOS[i % 6]; prints the outcomes table."""
+    """One full lab, board i getting faults.SCENARIOS[i % 8]; prints the outcomes table."""
     size = (rec.plan.parent / "synth-replay.gguf").stat().st_size
     names = [f"{faults.SCENARIOS[i % len(faults.SCENARIOS)]}-{i:02d}" for i in range(len(boards))]
     armed = {n: f for n, b in zip(names, boards, strict=True) if (f := faults.scenario(n.rsplit("-", 1)[0], b, size)) is not None}

@@ -3,9 +3,10 @@ one behind a lossy link (8 % of packets dropped each way) that also goes silent 
 mid-transfer; one whose sshd is killed mid-transfer and comes back (a flaky board); one that
 reboots while its runner runs (every process killed, the disk kept, a new boot_id); one whose sshd
 is killed mid-transfer and never comes back; one whose sshd is killed while the release is being
-staged. Every board must end passed, or failed as infrastructure after its retries; the cut
-upload must resume, not restart; and no board may be left with a half-installed release, a
-staging dir, or a `current` that is not a release that passed.
+staged; one whose sshd is killed while the runner runs (the link drops, no reboot); one that
+reboots mid-transfer. Every board must end passed, or failed as infrastructure after its
+retries; a cut upload must resume, not restart; and no board may be left with a half-installed
+release, a staging dir, or a `current` that is not a release that passed.
 
 The boards are real sshd's in their own namespaces behind a 20 ms link (a TUN delay line on this
 kernel, which has no netem); the faults are real (packets dropped, processes SIGKILLed, TCP
@@ -87,6 +88,16 @@ def final_report(row: BoardRow) -> dict[str, Any]:
     return doc
 
 
+def cmdlines(board: ReplayBoard) -> list[str]:
+    out = []
+    for pid in board.pids():
+        try:
+            out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:
+            continue
+    return out
+
+
 def attempt_error(log: str, attempt: int) -> str | None:
     """Why attempt N failed, as the lab wrote it into the board's pipeline.log (scheduler.py)."""
     head = f"attempt {attempt} failed (infrastructure): "
@@ -135,24 +146,27 @@ def test_lab_of_faulty_boards_ends_each_board_passed_or_retried_with_no_half_ins
         lossy_transfer = sum(s["duration_s"] or 0.0 for s in rows["lossy"]["stages"] if s["name"] == "transfer")
         assert lossy_transfer >= 3.0, rows["lossy"]["stages"]
         for name, why in (("flaky", "connection lost with"), ("rebooted", "the board rebooted during the run (boot_id"),
-                          ("cut-install", "")):
+                          ("cut-install", ""), ("flaky-run", "the connection dropped during the run"),
+                          ("rebooted-xfer", "connection lost with")):
             r = rows[name]
             assert r["attempts"] == 2 and r["status"] == "passed after 1 retry", (name, r["status"])
             first = attempt_error(logs[name], 1)
             assert first is not None and why in first, (name, first)
+        assert "the board did not reboot" in (attempt_error(logs["flaky-run"], 1) or "")  # told apart by boot_id
         # the retry took back the lock its cut-off attempt left, at once (not after lock.ttl, 120 s)
         for name in ("flaky", "cut-install"):
             assert "took back the board lock" in logs[name], logs[name][-1500:]
             assert rows[name]["lock"]["waited_s"] < 10 and rows[name]["lock"]["took_over"] is None, rows[name]["lock"]
             assert rows[name]["duration_s"] < 60, rows[name]["stages"]
 
-        # --- the cut upload resumed from what the board held
-        flaky = final_report(rows["flaky"])["release"]
-        cut_at = int(str(armed["flaky"].detail["partial_bytes"]))
-        assert 0 < flaky["model_bytes_sent"] <= size - cut_at and not flaky["model_already_present"], (flaky, cut_at, size)
-        assert "resuming upload at" in logs["flaky"]
-        # after a reboot mid-run or a cut install the model is already whole in the store: not sent again
-        for name in ("rebooted", "cut-install"):
+        # --- a cut upload resumed from what the board held (a reboot keeps the disk, so its partial too)
+        for name in ("flaky", "rebooted-xfer"):
+            rel = final_report(rows[name])["release"]
+            cut_at = int(str(armed[name].detail["partial_bytes"]))
+            assert 0 < rel["model_bytes_sent"] <= size - cut_at and not rel["model_already_present"], (name, rel, cut_at, size)
+            assert "resuming upload at" in logs[name]
+        # after a cut run or a cut install the model is already whole in the store: not sent again
+        for name in ("rebooted", "cut-install", "flaky-run"):
             rel = final_report(rows[name])["release"]
             assert rel["model_bytes_sent"] == 0 and rel["model_already_present"], (name, rel)
 
@@ -170,9 +184,14 @@ def test_lab_of_faulty_boards_ends_each_board_passed_or_retried_with_no_half_ins
             assert rel["activated"] and (root / "current").readlink() == Path("releases") / rel["id"], (name, rel)
             assert (root / "activations.log").read_text().split() == [rel["id"]]  # only the release that passed was ever current
             assert not list((root / "models").glob("*.partial")) and not (root / LOCK_NAME).exists()
-        # the rebooted board kept its disk: the release whose run was cut is there, whole, never current
-        assert len(releases_on(disk(boards["rebooted"]))) == 2
-        assert armed["rebooted"].detail["release"] in releases_on(disk(boards["rebooted"]))
+        # sshd killed mid-run: the orphaned runner (held 60 s) was stopped before the retry measured, not left
+        # to compete with it; a process naming the cut release would still be sleeping here otherwise
+        cut_release = f"{DEPLOY_ROOT}/releases/{armed['flaky-run'].detail['release']}/"
+        assert [c for c in cmdlines(boards["flaky-run"]) if cut_release in c] == []
+        assert "stopped its leftover runner" in logs["flaky-run"], logs["flaky-run"][-1500:]
+        # the release whose run was cut is there, whole, never current (the rebooted board kept its disk)
+        for name in ("rebooted", "flaky-run"):
+            assert len(releases_on(disk(boards[name]))) == 2 and armed[name].detail["release"] in releases_on(disk(boards[name]))
 
         # --- the lab's reports say the same: report.json to its schema, JUnit <error> for infrastructure only
         jsonschema.validate(result.doc, json.loads(REPORT_SCHEMA.read_text()))

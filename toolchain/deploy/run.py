@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from toolchain.core.errors import CommandTimeout, EdgeDeployError
@@ -59,8 +59,10 @@ def run_bench(
     except EdgeDeployError as exc:  # the link dropped: a reboot, a crash of the board, or the network
         status, lost = -2, exc
     after = boot_id(transport) if lost is None else _wait_for_board(transport, reboot_wait_s)
+    stopped = _stop_leftovers(transport, release) if lost is not None and after is not None and after == before else 0
     if lost is not None or (before and after and before != after):
-        return _lost_board(status, before, after, lost)
+        out = _lost_board(status, before, after, lost)
+        return replace(out, error=f"{out.error}; stopped its leftover runner ({stopped} process{'es' if stopped > 1 else ''})") if stopped else out
     events = fetch_events(transport, remote_out, run_dir / "telemetry.jsonl")
     log_tail = _tail(transport, log)
     (run_dir / "runner.log.tail").write_text(log_tail)
@@ -108,6 +110,25 @@ def _wait_for_board(transport: Transport, wait_s: float) -> str | None:
             if time.monotonic() >= deadline:
                 return None
             time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+
+
+def _stop_leftovers(transport: Transport, release: Release) -> int:
+    """The link dropped but the board did not reboot: its runner may still be running, orphaned
+    (without a tty nothing tells it its session ended), and would hold memory and cores while the
+    retry measures another release, or get it killed for memory: a result failure for what was
+    the link's fault. SIGKILL every process whose command line names this release's run.sh or
+    runner.py, with its process group (what they started). Linux /proc; best effort. Returns how
+    many it killed (not counting their groups)."""
+    script = ('n=0; own=$(sed "s/.*) //" /proc/$$/stat | cut -d" " -f3); '
+              'for f in $(grep -lF -- "$1/run" /proc/[0-9]*/cmdline 2>/dev/null); do p=${f#/proc/}; p=${p%/cmdline}; '
+              '[ "$p" = $$ ] && continue; g=$(sed "s/.*) //" "/proc/$p/stat" 2>/dev/null | cut -d" " -f3); '
+              'kill -9 "$p" 2>/dev/null && n=$((n + 1)); [ -n "$g" ] && [ "$g" != "$own" ] && kill -9 "-$g" 2>/dev/null; '
+              'done; echo "$n"')
+    try:
+        out = transport.run(["sh", "-c", script, "sh", release.path], timeout=30, check=False).stdout.strip()
+    except EdgeDeployError:
+        return 0  # the board went away again: the retry's own connection will tell
+    return int(out) if out.isdigit() else 0
 
 
 def _tail(transport: Transport, path: str) -> str:

@@ -18,7 +18,7 @@ Root only.
 
 Faults (tests/e2e/test_lab_faults.py, replay/faults.py): set_link(loss=, rate=, down=) makes the
 link drop packets, cap its bandwidth or go silent; kill_sshd()/start_sshd() kill the board's sshd
-(listener and sessions) and bring it back; reboot() kills every process of the board and starts
+(listener and sessions) and bring it back; hold_runner(s) makes the next run last s longer; reboot() kills every process of the board and starts
 sshd again with a new boot_id. The board's PID 1 is _pid1.py, not sshd, so that the board (its
 namespaces, its disk) outlives its processes. A reboot keeps the disk: the deploy root's tmpfs
 stands for the board's storage (store, releases, `current`, the lab lock, any .partial upload),
@@ -98,6 +98,7 @@ class ReplayBoard:
         self._delay: subprocess.Popen[bytes] | None = None
         self._pidns = ""
         self.link_control = self.workdir / "link.json"  # the delay line's faults (set_link)
+        self.hold_path = self.workdir / "hold_runner"  # hold_runner
         self._faults: dict[str, float | bool] = {"loss": 0.0, "rate": 0.0, "down": False}
         self.host_key_fingerprint = ""
         self._host_key_line = ""
@@ -168,6 +169,11 @@ class ReplayBoard:
         tmp.replace(self.link_control)
         self._delay.send_signal(signal.SIGHUP)
         time.sleep(0.05)  # the delay line reads it between packets: well within this
+
+    def hold_runner(self, seconds: float) -> None:
+        """The next runner, once started (its telemetry file exists), waits `seconds` before it
+        replays: a long run, for faults that must find it still running."""
+        self.hold_path.write_text(f"{seconds:g}\n")
 
     def pids(self) -> dict[int, str]:
         """The board's processes but its PID 1 (this machine's pid -> command name)."""
@@ -303,7 +309,8 @@ class ReplayBoard:
         recorder = f"{shlex.quote(sys.executable)} -I {shlex.quote(str(HERE / 'recorder.py'))}"
         text = (HERE / "shell.sh").read_text()
         for k, v in {"@REC@": shlex.quote(str(self.recording)), "@MISSES@": shlex.quote(str(self.misses_path)),
-                     "@PY@": shlex.quote(self.python), "@MODE@": "record" if self.record else "replay", "@RECORDER@": recorder}.items():
+                     "@PY@": shlex.quote(self.python), "@MODE@": "record" if self.record else "replay", "@RECORDER@": recorder,
+                     "@HOLD@": shlex.quote(str(self.hold_path))}.items():
             text = text.replace(k, v)
         shell.write_text(text)
         shell.chmod(0o755)

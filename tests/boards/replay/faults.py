@@ -3,7 +3,7 @@ bench/lab_scale.py --faults). Each fault is a thread that watches the board's di
 machine (board.path: through its PID 1's root) for the moment it wants, acts once, and keeps
 what it saw:
 
-    cut = SshdCut(board, model_bytes, at=0.3, down_s=2.0)   # sshd killed with 30 % uploaded
+    cut = SshdCut(board, model_bytes, at=0.3, down_s=2.0)    # sshd killed with 30 % uploaded
     with cut: fleet.run(...)                                  # started, then joined
     cut.fired, cut.detail                                     # {"partial_bytes": ...}
 
@@ -77,12 +77,15 @@ class Fault(threading.Thread):
             f" ({', '.join(f'{k} {v}' for k, v in self.detail.items())})" if self.detail else "")
 
 
-class _DuringUpload(Fault):
-    """Fires once the model's .partial upload holds at least `at` of model_bytes."""
+# --- when: what the board's disk shows -----------------------------------------------------
 
-    def __init__(self, board: ReplayBoard, model_bytes: int, *, at: float) -> None:
+
+class _DuringUpload(Fault):
+    """Fires once the model's .partial upload holds at least `at` of model_bytes (transfer)."""
+
+    def __init__(self, board: ReplayBoard, model_bytes: int, *, at: float, down_s: float | None) -> None:
         super().__init__(board)
-        self.model_bytes, self.at = model_bytes, at
+        self.model_bytes, self.at, self.down_s = model_bytes, at, down_s
 
     def trigger(self) -> object | None:
         for path in glob.glob(str(self.board.path(f"{DEPLOY_ROOT}/models")) + "/*.gguf.partial"):
@@ -91,28 +94,66 @@ class _DuringUpload(Fault):
             except OSError:
                 continue
             if size >= self.at * self.model_bytes:
+                self.detail["partial_bytes"] = size
                 return size
         return None
 
 
-class SshdCut(_DuringUpload):
-    """sshd killed mid-transfer (listener and sessions); back after down_s, or never (down_s None)."""
+class _DuringInstall(Fault):
+    """Fires while a release is being staged (releases/<id>.partial exists)."""
 
+    def __init__(self, board: ReplayBoard, *, down_s: float | None) -> None:
+        super().__init__(board)
+        self.down_s = down_s
+
+    def trigger(self) -> object | None:
+        hits = glob.glob(str(self.board.path(f"{DEPLOY_ROOT}/releases")) + "/*.partial")
+        if hits:
+            self.detail["staging"] = Path(hits[0]).name
+        return hits[0] if hits else None
+
+
+class _DuringRun(Fault):
+    """Fires once a release's runner has started (its telemetry.jsonl exists: the run stage)."""
+
+    def __init__(self, board: ReplayBoard, *, down_s: float | None) -> None:
+        super().__init__(board)
+        self.down_s = down_s
+
+    def trigger(self) -> object | None:
+        hits = glob.glob(str(self.board.path(f"{DEPLOY_ROOT}/releases")) + "/*/telemetry.jsonl")
+        if hits:
+            self.detail["release"] = Path(hits[0]).parent.name
+        return hits[0] if hits else None
+
+
+# --- what: the fault itself --------------------------------------------------------------------
+
+
+def _cut_sshd(fault: _DuringUpload | _DuringInstall | _DuringRun) -> None:
+    """sshd killed (listener and sessions); back after fault.down_s, or never (None)."""
+    fault.detail["killed"] = fault.board.kill_sshd()
+    if fault.down_s is None:
+        fault.detail["sshd"] = "stays down"
+        return
+    time.sleep(fault.down_s)
+    fault.board.start_sshd()
+    fault.detail["sshd"] = f"back after {fault.down_s:g} s"
+
+
+def _reboot(fault: _DuringUpload | _DuringRun) -> None:
+    fault.detail["connections forgotten"] = fault.board.reboot(fault.down_s or 0.0)
+    fault.detail["down_s"] = fault.down_s
+
+
+class SshdCut(_DuringUpload):
     kind = "sshd killed mid-transfer"
 
     def __init__(self, board: ReplayBoard, model_bytes: int, *, at: float = 0.3, down_s: float | None = 2.0) -> None:
-        super().__init__(board, model_bytes, at=at)
-        self.down_s = down_s
+        super().__init__(board, model_bytes, at=at, down_s=down_s)
 
     def act(self, seen: object) -> None:
-        self.detail["partial_bytes"] = seen
-        self.detail["killed"] = self.board.kill_sshd()
-        if self.down_s is None:
-            self.detail["sshd"] = "stays down"
-            return
-        time.sleep(self.down_s)
-        self.board.start_sshd()
-        self.detail["sshd"] = f"back after {self.down_s:g} s"
+        _cut_sshd(self)
 
 
 class Outage(_DuringUpload):
@@ -121,58 +162,58 @@ class Outage(_DuringUpload):
     kind = "link outage mid-transfer"
 
     def __init__(self, board: ReplayBoard, model_bytes: int, *, at: float = 0.2, down_s: float = 3.0) -> None:
-        super().__init__(board, model_bytes, at=at)
-        self.down_s = down_s
+        super().__init__(board, model_bytes, at=at, down_s=down_s)
 
     def act(self, seen: object) -> None:
-        self.detail["partial_bytes"] = seen
         self.board.set_link(down=True)
-        time.sleep(self.down_s)
+        time.sleep(self.down_s or 0.0)
         self.board.set_link(down=False)
         self.detail["down_s"] = self.down_s
 
 
-class RebootInRun(Fault):
-    """The board reboots once its runner has started (a release's telemetry.jsonl exists)."""
+class RebootInTransfer(_DuringUpload):
+    kind = "reboot mid-transfer"
 
+    def __init__(self, board: ReplayBoard, model_bytes: int, *, at: float = 0.3, down_s: float = 2.0) -> None:
+        super().__init__(board, model_bytes, at=at, down_s=down_s)
+
+    def act(self, seen: object) -> None:
+        _reboot(self)
+
+
+class InstallCut(_DuringInstall):
+    kind = "sshd killed mid-install"
+
+    def __init__(self, board: ReplayBoard, *, down_s: float | None = 1.5) -> None:
+        super().__init__(board, down_s=down_s)
+
+    def act(self, seen: object) -> None:
+        _cut_sshd(self)
+
+
+class RebootInRun(_DuringRun):
     kind = "reboot mid-run"
 
     def __init__(self, board: ReplayBoard, *, down_s: float = 2.0) -> None:
-        super().__init__(board)
-        self.down_s = down_s
-
-    def trigger(self) -> object | None:
-        hits = glob.glob(str(self.board.path(f"{DEPLOY_ROOT}/releases")) + "/*/telemetry.jsonl")
-        return Path(hits[0]).parent.name if hits else None
+        super().__init__(board, down_s=down_s)
 
     def act(self, seen: object) -> None:
-        self.detail["release"] = seen
-        self.detail["connections forgotten"] = self.board.reboot(self.down_s)
-        self.detail["down_s"] = self.down_s
+        _reboot(self)
 
 
-class InstallCut(Fault):
-    """sshd killed while a release is being staged (releases/<id>.partial exists), back after down_s."""
+class SshdCutInRun(_DuringRun):
+    """sshd killed while the runner runs, back after down_s: the link drops, the board does not reboot."""
 
-    kind = "sshd killed mid-install"
+    kind = "sshd killed mid-run"
 
-    def __init__(self, board: ReplayBoard, *, down_s: float = 1.5) -> None:
-        super().__init__(board)
-        self.down_s = down_s
-
-    def trigger(self) -> object | None:
-        hits = glob.glob(str(self.board.path(f"{DEPLOY_ROOT}/releases")) + "/*.partial")
-        return Path(hits[0]).name if hits else None
+    def __init__(self, board: ReplayBoard, *, down_s: float | None = 1.0) -> None:
+        super().__init__(board, down_s=down_s)
 
     def act(self, seen: object) -> None:
-        self.detail["staging"] = seen
-        self.detail["killed"] = self.board.kill_sshd()
-        time.sleep(self.down_s)
-        self.board.start_sshd()
-        self.detail["sshd"] = f"back after {self.down_s:g} s"
+        _cut_sshd(self)
 
 
-SCENARIOS = ("clean", "lossy", "flaky", "rebooted", "dead", "cut-install")
+SCENARIOS = ("clean", "lossy", "flaky", "rebooted", "dead", "cut-install", "flaky-run", "rebooted-xfer")
 
 
 def scenario(name: str, board: ReplayBoard, model_bytes: int) -> Fault | None:
@@ -181,7 +222,9 @@ def scenario(name: str, board: ReplayBoard, model_bytes: int) -> Fault | None:
     clean: nothing. lossy: 8 % of packets dropped each way, 500 kB/s, and 3 s of silence once a
     fifth of the model is up. flaky: sshd killed with 30 % of the model up, back after 1.5 s.
     rebooted: a reboot as soon as the runner starts (down 2 s). dead: sshd killed with 30 % up,
-    never back. cut-install: sshd killed while the release is staged, back after 1.5 s."""
+    never back. cut-install: sshd killed while the release is staged, back after 1.5 s.
+    flaky-run: sshd killed while the runner runs (held 60 s), back after 1 s (no reboot). rebooted-xfer: a
+    reboot with 30 % of the model up (down 2 s)."""
     if name == "clean":
         return None
     if name == "lossy":
@@ -189,6 +232,9 @@ def scenario(name: str, board: ReplayBoard, model_bytes: int) -> Fault | None:
         return Outage(board, model_bytes, at=0.2, down_s=3.0)
     if name == "rebooted":
         return RebootInRun(board, down_s=2.0)
+    if name == "flaky-run":
+        board.hold_runner(60.0)  # still running, orphaned, when edgedeploy is back on the board
+        return SshdCutInRun(board, down_s=1.0)
     board.set_link(rate=SLOW_LINK)
     if name == "flaky":
         return SshdCut(board, model_bytes, at=0.3, down_s=1.5)
@@ -196,6 +242,8 @@ def scenario(name: str, board: ReplayBoard, model_bytes: int) -> Fault | None:
         return SshdCut(board, model_bytes, at=0.3, down_s=None)
     if name == "cut-install":
         return InstallCut(board, down_s=1.5)
+    if name == "rebooted-xfer":
+        return RebootInTransfer(board, model_bytes, at=0.3, down_s=2.0)
     raise ValueError(f"unknown fault scenario {name!r}: one of {', '.join(SCENARIOS)}")
 
 

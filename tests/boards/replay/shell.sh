@@ -31,6 +31,8 @@ case $body in
     *)
         out=${body##*" --out "}
         out=${out%%" "*}
+        # held once (board.hold_runner): the runner has started (its output exists) and waits
+        if [ -f @HOLD@ ]; then s=$(cat @HOLD@); rm -f @HOLD@; : > "$out"; sleep "$s"; fi
         [ -f "$R/runner.sh" ] && . "$R/runner.sh" ;;
 esac
 printf '%.100s\n' "$body" | head -n 1 >> "$M"
