@@ -110,10 +110,10 @@ def ship(request: DeployRequest, events: Events, *, accept_new_host_key: bool = 
     reached, or is locked, still gets a run directory with its report."""
     run = _Run(request.target.name, new_run_dir(request.target.name))
     run.stage = "connect"
-    events.stage("connect")
-    events.step(f"connecting to {request.target.name}")
     with ExitStack() as stack:
         try:
+            events.stage("connect")
+            events.step(f"connecting to {request.target.name}")
             transport = stack.enter_context(connect_and_lock(request.target, request.deploy_dir, events, run.notes, what=what,
                                                              lock_wait_s=lock_wait_s, accept_new_host_key=accept_new_host_key,
                                                              on_stage=lambda name: setattr(run, "stage", name)))

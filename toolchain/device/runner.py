@@ -815,6 +815,9 @@ def watch_host(out: str, pid_file: str) -> None:
         pass
     when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     try:
+        # Nobody reads our stdout any more: writing there would fail (EPIPE) before we are done.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
         events.emit(out, events.ERROR, kind="host_gone", message="the host that started this run went away; stopped")
         with open(pid_file, "a") as f:
             f.write(f"stopped itself at {when}: its host went away\n")
