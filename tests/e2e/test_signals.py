@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -36,14 +37,18 @@ RUNNER_START_S = 60.0  # from the ship's start until its runner is up (a probe, 
 
 # The real CLI, with a signal sent to itself as a stage begins: the only change is the hook in the
 # event sink, so the signal lands exactly at that stage (an outside signal could not aim so well).
+# With SIGNAL_DELAY_S, the signal comes that long into the stage (from a timer thread).
 DRIVER = textwrap.dedent(f"""
-    import os, sys
+    import os, sys, threading
     sys.path.insert(0, {str(REPO)!r})
     from toolchain.cli import console
     stage, signum = sys.argv[1], int(sys.argv[2])
+    delay = float(os.environ.get("SIGNAL_DELAY_S", "0"))
     original = console.ConsoleEvents.stage
     def at(self, name):
-        if name == stage:
+        if name == stage and delay:
+            threading.Timer(delay, os.kill, (os.getpid(), signum)).start()
+        elif name == stage:
             os.kill(os.getpid(), signum)
         original(self, name)
     console.ConsoleEvents.stage = at
@@ -63,10 +68,10 @@ class Board:
         return ["ship", "--target", self.target, "--budget", "10s", "--model", "smollm2-135m-instruct", "--quant", "Q4_1",
                 "--deploy-dir", str(self.deploy), "--json", *extra]
 
-    def start(self, *extra: str, stop_at: str | None = None, signum: int = signal.SIGTERM) -> subprocess.Popen[str]:
+    def start(self, *extra: str, stop_at: str | None = None, signum: int = signal.SIGTERM, delay_s: float = 0.0) -> subprocess.Popen[str]:
         cmd = [sys.executable, "-c", DRIVER, stop_at, str(signum)] if stop_at else ["edgedeploy"]
-        return subprocess.Popen([*cmd, *self.argv(*extra)], env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)
+        return subprocess.Popen([*cmd, *self.argv(*extra)], env={**self.env, "SIGNAL_DELAY_S": str(delay_s)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
 
     def ship(self, *extra: str) -> tuple[int, dict[str, Any], str]:
         return finish(self.start(*extra))
@@ -180,13 +185,32 @@ def test_a_signal_while_the_runner_runs_stops_it(local: Board, signum: int) -> N
     assert took < 5
 
 
+def test_a_signal_while_a_new_server_starts_puts_the_previous_release_back(local: Board) -> None:
+    """--mode serve: the release passed and was made current, its server is starting: undone."""
+    import llama_cpp.server.app  # noqa: F401  (the [server] extra is a dependency: fail, never skip)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    before = local.current()
+    rc, doc, err = finish(local.start("--mode", "serve", "--serve-port", str(port), stop_at="serve", delay_s=1.0))
+    assert_stopped(local, rc, doc, err, "serve", signal.SIGTERM, before)
+    assert any(n.startswith(f"switched back to release {before}: this run had made ") for n in doc["notes"]), doc["notes"]
+    assert any(n.startswith("stopped the server of release ") for n in doc["notes"]), doc["notes"]
+    assert not (local.deploy / "serve" / "serve.pid").exists() and not (local.deploy / "serve" / "server.pid").exists()
+    with socket.socket() as s:
+        assert s.connect_ex(("127.0.0.1", port)) != 0  # nothing serves there
+
+
 def test_sigkill_the_runner_stops_itself_and_the_next_ship_says_so(local: Board) -> None:
     before = local.current()
     proc = local.start()
     local.wait_for_runner(proc)
+    t0 = time.monotonic()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    took = no_runner_within(local, 5)
+    no_runner_within(local, 5)
+    took = time.monotonic() - t0  # from the kill
     print(f"\nlocal SIGKILL -> orphaned runner gone after {took:.2f} s")
     assert local.current() == before
     assert (local.deploy / LOCK_NAME).exists()  # the killed ship's lock: its holder is dead
@@ -310,9 +334,11 @@ def test_sigkill_over_ssh_the_runner_stops_itself(ssh: Board) -> None:
     before = ssh.current()
     proc = ssh.start()
     ssh.wait_for_runner(proc)
+    t0 = time.monotonic()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    took = no_runner_within(ssh, 5)
+    no_runner_within(ssh, 5)
+    took = time.monotonic() - t0  # from the kill
     print(f"\nssh SIGKILL -> orphaned runner gone after {took:.2f} s")
     assert ssh.current() == before
     rc, doc, err = ssh.ship()
