@@ -353,9 +353,10 @@ def _deploy(transport: Transport, req: DeployRequest, events: Events, run: _Run)
     run.verdict = verdict
     calibration.record_run(facts, plan, tel)  # every shipped run is a measurement of the device
     if verdict.passed or req.force:
-        before = shipper.current()
+        # An interrupt from here on switches back (until _deploy returns). A first release has
+        # nothing to switch back to: it stays current, as it passed.
+        run.switched_from = shipper.current()
         shipper.activate(release.id)
-        run.switched_from = before  # an interrupt from here on switches back (until _deploy returns)
         shipper.prune()
         release = run.release = replace(release, activated=True)
         if opts.mode == "serve":
