@@ -108,11 +108,11 @@ class RebootingBoard(LocalTransport):
         super().__init__()
         self.boots = 0
 
-    def _exec(self, command: str, timeout: float, stdin: bytes | None) -> tuple[int, bytes, bytes]:
+    def _exec(self, command: str, timeout: float, stdin: bytes | None, hold_stdin: bool = False) -> tuple[int, bytes, bytes]:
         if "boot_id" in command:
             self.boots += 1
             return 0, f"boot-{self.boots}\n".encode(), b""
-        return super()._exec(command, timeout, stdin)
+        return super()._exec(command, timeout, stdin, hold_stdin)
 
 
 def test_a_board_that_rebooted_mid_run_is_detected(bundle: Path, tmp_path: Path) -> None:

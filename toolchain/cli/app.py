@@ -17,7 +17,7 @@ import typer
 
 from toolchain import __version__
 from toolchain.cli import console as ui
-from toolchain.core.errors import EXIT_NOTHING_FITS, BadInputError, EdgeDeployError, InternalError, NothingFitsError
+from toolchain.core.errors import EXIT_NOTHING_FITS, BadInputError, EdgeDeployError, InternalError, Interrupted, NothingFitsError
 from toolchain.core.serde import to_json_dict
 
 if TYPE_CHECKING:
@@ -42,6 +42,8 @@ STATE: dict[str, bool] = {"debug": False}
 T = TypeVar("T")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print exactly one JSON document on stdout.")]
+WaitOpt = Annotated[str | None, typer.Option("--wait", help="When another ship, rollback or lab job holds the board's lock, wait "
+                                             "this long for it (e.g. 10m); default: fail at once, naming the holder (exit 3).")]
 TargetArg = Annotated[str, typer.Argument(help="Target: a name from targets/, local, user@host[:port], adb[:SERIAL], serial:/dev/X[@baud].")]
 
 
@@ -58,6 +60,40 @@ def main(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_print_version, is_eager=True)] = False,
 ) -> None:
     STATE["debug"] = debug  # --version was handled by _print_version before this runs
+    _stop_on_signals()
+
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+def _stop_on_signals() -> None:
+    """SIGINT, SIGTERM (a CI job cancelled) and SIGHUP raise errors.Interrupted where the main
+    thread is, so the pipeline kills what runs on the target, keeps the previous release, writes
+    the report and edgedeploy exits 128 + the signal. A second signal while that clean-up runs is
+    only noted (the clean-up is a few bounded commands); a third quits at once."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return  # in-process callers (tests) on another thread keep their own handling
+    seen: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        seen.append(signum)
+        if len(seen) == 1:
+            raise Interrupted(signum)
+        if len(seen) == 2:
+            # os.write: a handler must not re-enter rich's console, which may hold its lock right now
+            os.write(2, b"edgedeploy: still cleaning up on the target (the previous release stays current); "
+                        b"a third signal quits at once\n")
+            return
+        os._exit(128 + signum)
+
+    for name in STOP_SIGNALS:
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is not signal.SIG_IGN:  # `nohup` keeps SIGHUP ignored
+            signal.signal(sig, handler)
 
 
 def emit(as_json: bool, doc: Any, human: Callable[[], None]) -> None:
@@ -67,7 +103,7 @@ def emit(as_json: bool, doc: Any, human: Callable[[], None]) -> None:
         human()
 
 
-def fail(exc: EdgeDeployError, as_json: bool, doc: Mapping[str, object] | None = None) -> NoReturn:
+def fail(exc: EdgeDeployError | Interrupted, as_json: bool, doc: Mapping[str, object] | None = None) -> NoReturn:
     """The one place an error becomes output and an exit code: `error:` and `hint:` lines on
     stderr, and with --json one document on stdout (the run's report when there is one)."""
     if STATE["debug"]:
@@ -85,8 +121,12 @@ def guarded(as_json: bool, fn: Callable[[], T]) -> T:
         return fn()
     except EdgeDeployError as exc:
         fail(exc, as_json, exc.document())  # a failed ship prints its report
-    except KeyboardInterrupt:
-        fail(EdgeDeployError("interrupted", "nothing half-shipped was activated; ship again to resume the upload"), as_json)
+    except Interrupted as exc:  # a signal: the report (if a ship) says the stage
+        fail(exc, as_json, exc.document())
+    except KeyboardInterrupt:  # Ctrl-C before the handlers were installed
+        import signal
+
+        fail(Interrupted(signal.SIGINT), as_json)
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:  # a bug in edgedeploy: one line and exit 1; the traceback in a log (and with --debug)
@@ -282,6 +322,7 @@ def ship(
     serve_port: Annotated[int, typer.Option("--serve-port", help="Port the server listens on.")] = 8080,
     calibrate: Annotated[bool | None, typer.Option("--calibrate/--no-calibrate", help="Benchmark llama.cpp on a device never "
                                                    "measured before planning (default: on; EDGEDEPLOY_CALIBRATE=0 turns it off).")] = None,
+    wait: WaitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Probe, plan, package, ship, run and validate; activate the release only if it passes.
@@ -297,12 +338,18 @@ def ship(
             plan=_plan_request(budget, ttft, ctx, model, quant, allow_low_bit, offline, efficiency=efficiency, threads=threads, plan_file=plan_file,
                                backend=backend, gpu_layers=gpu_layers, device_memory=device_memory),
             options=_deploy_options(mode, sustained, serve_host, serve_port, offline, calibrate))
-        return do_ship(req, ui.ConsoleEvents(), accept_new_host_key=accept_new_host_key)
+        return do_ship(req, ui.ConsoleEvents(), accept_new_host_key=accept_new_host_key, lock_wait_s=_wait_s(wait))
 
     result = guarded(as_json, run)
     from toolchain.cli.render_plan import render_ship
 
     emit(as_json, result.document(), lambda: render_ship(result))
+
+
+def _wait_s(wait: str | None) -> float:
+    from toolchain.fleet.durations import parse_duration_s
+
+    return parse_duration_s(wait, "--wait") if wait else 0.0
 
 
 def _deploy_options(mode: str, sustained: str | None, serve_host: str, serve_port: int, offline: bool | None,
@@ -484,16 +531,20 @@ def targets(
 
 
 @app.command()
-def rollback(target: TargetArg, deploy_dir: Annotated[str | None, typer.Option("--deploy-dir")] = None, as_json: JsonOpt = False) -> None:
-    """Make the previous release current again on TARGET."""
+def rollback(target: TargetArg, deploy_dir: Annotated[str | None, typer.Option("--deploy-dir")] = None, wait: WaitOpt = None,
+             as_json: JsonOpt = False) -> None:
+    """Make the previous release current again on TARGET (holding the board's lock, as ship does)."""
+    from toolchain.deploy.pipeline import connect_and_lock
     from toolchain.deploy.releases import Shipper
     from toolchain.probe.reach import deploy_root, target_python
-    from toolchain.transports.factory import connect
     from toolchain.transports.targets import resolve_target
 
     def run() -> RollbackDoc:
         spec = resolve_target(target)
-        with connect(spec) as t:
+        notes: list[str] = []
+        with connect_and_lock(spec, deploy_dir, ui.ConsoleEvents(), notes, what="rollback", lock_wait_s=_wait_s(wait)) as t:
+            for note in notes:
+                ui.log(note)
             sh = Shipper(t, deploy_root(spec, t, deploy_dir), python=target_python(spec))
             before = sh.current()
             after = sh.rollback()

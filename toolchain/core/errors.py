@@ -29,6 +29,11 @@ EXIT_BAD_INPUT = 2
 EXIT_TARGET = 3
 EXIT_NOTHING_FITS = 4
 EXIT_VALIDATION = 5
+# Stopped by a signal: 128 + its number, as a shell reports a process the signal killed (CI
+# systems and `timeout` read it that way), though edgedeploy exits by itself after its clean-up.
+EXIT_SIGHUP = 129
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
 
 
 class EdgeDeployError(Exception):
@@ -121,7 +126,48 @@ class InternalError(EdgeDeployError):
         return cls(f"internal error: {type(exc).__name__}: {exc}", "this is a bug in edgedeploy: re-run with --debug and report the traceback")
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal asked edgedeploy to stop (SIGINT: Ctrl-C; SIGTERM: a CI job cancelled; SIGHUP: the
+    terminal went away). A BaseException like KeyboardInterrupt, which it subclasses, so that no
+    `except Exception` / `except EdgeDeployError` on the way up swallows it (a calibration that
+    "fails" into class defaults, a best-effort restart): only the pipeline's clean-up and the CLI
+    catch it. Exits 128 + the signal's number.
+
+    Not retried in a lab: infrastructure, since the job was stopped from outside, not by the board's
+    result nor by a bug."""
+
+    failure_class = FailureClass.INFRASTRUCTURE
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.signum = signum
+        try:
+            self.signal_name = signal.Signals(signum).name
+        except ValueError:
+            self.signal_name = f"signal {signum}"
+        self.exit_code = 128 + signum
+        self.stage = ""
+        self.message = f"interrupted by {self.signal_name}"
+        self.hint = "nothing half-shipped was activated: the previous release stays current; ship again to resume the upload"
+        self.report_document: Mapping[str, object] | None = None  # the run's report, once written
+        super().__init__(self.message)
+
+    def at(self, stage: str) -> Interrupted:
+        """Name the stage it stopped (once: the innermost stage is the news)."""
+        if not self.stage:
+            self.stage = stage
+            self.message = f"interrupted by {self.signal_name} during the {stage} stage"
+            self.args = (self.message,)
+        return self
+
+    def document(self) -> Mapping[str, object] | None:
+        return self.report_document
+
+
 def failure_class_of(exit_code: int) -> FailureClass | None:
     """The failure class an exit code stands for (for results recorded only as a code)."""
     return {EXIT_OK: None, EXIT_BAD_INPUT: FailureClass.CONFIGURATION, EXIT_NOTHING_FITS: FailureClass.CONFIGURATION,
-            EXIT_TARGET: FailureClass.INFRASTRUCTURE, EXIT_VALIDATION: FailureClass.RESULT}.get(exit_code, FailureClass.INTERNAL)
+            EXIT_TARGET: FailureClass.INFRASTRUCTURE, EXIT_VALIDATION: FailureClass.RESULT,
+            EXIT_SIGHUP: FailureClass.INFRASTRUCTURE, EXIT_SIGINT: FailureClass.INFRASTRUCTURE,
+            EXIT_SIGTERM: FailureClass.INFRASTRUCTURE}.get(exit_code, FailureClass.INTERNAL)

@@ -6,18 +6,24 @@ both call it (the lab with the transport it holds the board lock on). Progress g
 sink passed in. Success returns the Report; anything else raises ShipFailed, which carries its
 cause's exit code and failure class and the Report. Either way the run directory holds
 report.json, report.md and junit.xml (a failed run still writes its report).
+
+A signal (errors.Interrupted, raised by the CLI's handlers) is not a failure of the board: the
+command it interrupted was killed on the target by the transport, deploy() stops any runner left
+under the deploy root, puts the previous release back if this run had switched, writes the report
+(stage and signal) and re-raises. `ship` holds the board's lock (fleet/locks.py) for the whole
+deployment, as the lab does; the lab calls deploy() under the lock it took.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from toolchain.core import settings
-from toolchain.core.errors import BadInputError, EdgeDeployError, InternalError, NothingFitsError
+from toolchain.core.errors import BadInputError, EdgeDeployError, InternalError, Interrupted, NothingFitsError
 from toolchain.core.events import Events
 from toolchain.core.nouns import Check, HostFacts, Plan, Release, Selected, TargetSpec, Telemetry, Verdict
 from toolchain.core.serde import to_json_dict
@@ -80,38 +86,107 @@ class _Run:
         self.telemetry: Telemetry | None = None
         self.verdict: Verdict | None = None
         self.serve: ServeResult | None = None
+        self.notes: list[str] = []
+        # For the clean-up after an interrupt: where releases live, and the switch this run made.
+        self.root: str | None = None
+        self.shipper: Shipper | None = None
+        self.server: Server | None = None  # set once this run starts the new release's server
+        self.stopped_server = False  # the serving release's server was stopped for the bench
+        self.switched_from: str | None = None  # this run made its release current; this was current before
 
     def report(self, failure: Failure | None = None) -> Report:
         verdict = self.verdict or (failed_run_verdict(failure.message) if failure else Verdict(True, []))
         return Report(target=self.target, run_dir=str(self.run_dir), verdict=verdict, plan=self.plan, dry_load=self.dry_load,
-                      release=self.release, telemetry=self.telemetry, serve=self.serve, failure=failure)
+                      release=self.release, telemetry=self.telemetry, serve=self.serve, failure=failure, notes=tuple(self.notes))
 
 
-def ship(request: DeployRequest, events: Events, *, accept_new_host_key: bool = False) -> Report:
-    """`edgedeploy ship`: open the connection, deploy over it, close it. A target that cannot be
-    reached still gets a run directory with its report."""
-    from toolchain.transports.factory import connect
+LOCK_TTL_S = 120.0  # a ship killed on another host holds the board this long at most (renewed while it works)
 
-    run_dir = new_run_dir(request.target.name)
-    events.stage("connect")
-    events.step(f"connecting to {request.target.name}")
+
+def ship(request: DeployRequest, events: Events, *, accept_new_host_key: bool = False, lock_wait_s: float = 0.0,
+         what: str = "ship") -> Report:
+    """`edgedeploy ship`: open the connection, take the board's lock (waiting up to lock_wait_s for
+    its holder; 0: fail at once, naming it), deploy over it, release, close. A target that cannot be
+    reached, or is locked, still gets a run directory with its report."""
+    run = _Run(request.target.name, new_run_dir(request.target.name))
+    run.stage = "connect"
     with ExitStack() as stack:
         try:
-            transport = stack.enter_context(connect(request.target, accept_new_host_key=accept_new_host_key))
+            events.stage("connect")
+            events.step(f"connecting to {request.target.name}")
+            transport = stack.enter_context(connect_and_lock(request.target, request.deploy_dir, events, run.notes, what=what,
+                                                             lock_wait_s=lock_wait_s, accept_new_host_key=accept_new_host_key,
+                                                             on_stage=lambda name: setattr(run, "stage", name)))
         except EdgeDeployError as exc:
-            report = _Run(request.target.name, run_dir).report(Failure.of(exc, "connect"))
+            report = run.report(Failure.of(exc, run.stage))
             write_reports(report)
-            events.log(f"report: {run_dir / 'report.md'}")
+            events.log(f"report: {run.run_dir / 'report.md'}")
             raise ShipFailed(exc, report) from exc
-        return deploy(transport, request, events, run_dir=run_dir)
+        except KeyboardInterrupt as exc:
+            stopped = _interrupted(exc, run.stage)
+            _write_interrupted(run, stopped, events)
+            raise stopped from None
+        return deploy(transport, request, events, run_dir=run.run_dir, notes=run.notes)
 
 
-def deploy(transport: Transport, request: DeployRequest, events: Events, *, run_dir: Path | None = None) -> Report:
+@contextmanager
+def connect_and_lock(target: TargetSpec, deploy_dir: str | None, events: Events, notes: list[str], *, what: str,
+                     lock_wait_s: float, accept_new_host_key: bool = False,
+                     on_stage: Callable[[str], None] | None = None) -> Iterator[Transport]:
+    """A connection to target holding its board lock (the lab's: fleet/locks.py) while in use:
+    `ship` and `rollback`. A lock taken over from a dead holder is said in notes."""
+    from toolchain.fleet.locks import BoardLock, Holder
+    from toolchain.probe.reach import deploy_root
+    from toolchain.transports.factory import connect
+
+    with connect(target, accept_new_host_key=accept_new_host_key) as transport:
+        if on_stage is not None:
+            on_stage("lock")
+        events.stage("lock")
+        root = deploy_root(target, transport, deploy_dir)
+        Shipper(transport, root).prepare()  # the lock lives in the deploy root: an unwritable one is bad input (exit 2), said here
+        lock = BoardLock(transport, root, lab=None, ttl_s=LOCK_TTL_S, what=what,
+                         busy_hint="wait for it to finish, or give --wait (e.g. --wait 10m) to queue behind it")
+        said: list[Holder] = []
+
+        def waiting(holder: Holder) -> None:
+            if not said:
+                said.append(holder)
+                events.log(f"  {target.name} is locked by {holder.describe()}: waiting up to {lock_wait_s:g} s")
+
+        with lock.held(lock_wait_s, on_wait=waiting):
+            if lock.took_over is not None:
+                notes.append(f"took over the board lock from {lock.took_over.describe()}, which had died")
+            yield transport
+
+
+def _interrupted(exc: KeyboardInterrupt, stage: str) -> Interrupted:
+    """The signal as an Interrupted naming the stage (a bare KeyboardInterrupt: SIGINT)."""
+    import signal
+
+    return (exc if isinstance(exc, Interrupted) else Interrupted(signal.SIGINT)).at(stage)
+
+
+def _write_interrupted(run: _Run, stopped: Interrupted, events: Events) -> None:
+    report = run.report(Failure.of(stopped, stopped.stage))
+    stopped.report_document = write_reports(report)
+    events.log(f"report: {run.run_dir / 'report.md'}")
+
+
+def deploy(transport: Transport, request: DeployRequest, events: Events, *, run_dir: Path | None = None,
+           notes: list[str] | None = None) -> Report:
     """Deploy over `transport` (held by the caller). Returns the Report of a passing run (or a
-    --force'd one); raises ShipFailed otherwise. The report is written in both cases."""
+    --force'd one); raises ShipFailed otherwise, Interrupted on a signal. The report is written in
+    every case."""
     run = _Run(request.target.name, run_dir or new_run_dir(request.target.name))
+    run.notes.extend(notes or [])
     try:
         _deploy(transport, request, events, run)
+    except KeyboardInterrupt as exc:  # a signal (errors.Interrupted; Ctrl-C without the CLI's handler)
+        stopped = _interrupted(exc, run.stage)
+        _clean_up_interrupted(transport, run, request, events)
+        _write_interrupted(run, stopped, events)
+        raise stopped from None
     except EdgeDeployError as exc:
         report = run.report(Failure.of(exc, run.stage))
         write_reports(report)
@@ -122,14 +197,33 @@ def deploy(transport: Transport, request: DeployRequest, events: Events, *, run_
         report = run.report(Failure.of(internal, run.stage))
         write_reports(report)
         raise ShipFailed(internal, report) from exc
-    except BaseException:  # interrupted (Ctrl-C): the run directory still says where it stopped
-        interrupted = EdgeDeployError("interrupted", "nothing half-shipped was activated; ship again to resume the upload")
-        write_reports(run.report(Failure.of(interrupted, run.stage)))
-        raise
     report = run.report()
     write_reports(report)
     events.log(f"report: {run.run_dir / 'report.md'}")
     return report
+
+
+def _clean_up_interrupted(transport: Transport, run: _Run, req: DeployRequest, events: Events) -> None:
+    """After a signal: no runner left on the target, and the release that was current before stays
+    current. Best effort (the board may be what went away); what was done goes into the notes."""
+    from toolchain.deploy.run import stop_runners
+
+    events.log(f"  interrupted during {run.stage}: cleaning up on {req.target.name}")
+    try:
+        if run.root is not None:  # the transport killed the command it was running; this catches the rest
+            run.notes.extend(x.describe() for x in stop_runners(transport, run.root))
+        if run.switched_from is not None and run.shipper is not None and run.release is not None:
+            if run.server is not None:
+                run.server.stop()  # the new release's server, started by this run
+                run.notes.append(f"stopped the server of release {run.release.id}, started by this run")
+            run.shipper.activate(run.switched_from)
+            run.release = replace(run.release, activated=False)
+            run.notes.append(f"switched back to release {run.switched_from}: this run had made {run.release.id} current")
+        if run.stopped_server:
+            run.notes.append("the previous release's server was stopped for the bench and is not running: "
+                             "ship again with --mode serve to start it")
+    except EdgeDeployError as exc:
+        run.notes.append(f"clean-up after the interrupt failed: {exc.message}")
 
 
 def _calibrate_if_new(transport: Transport, req: DeployRequest, root: str, python: str, facts: HostFacts, events: Events,
@@ -171,6 +265,8 @@ def _deploy(transport: Transport, req: DeployRequest, events: Events, run: _Run)
         stage("plan")
         planned = load_plan(req.plan)
     root = deploy_root(spec, transport, req.deploy_dir)
+    run.root = root
+    _stop_leftovers(transport, root, events, run)
     stage("probe")
     facts = probe_target(spec, transport, root, events, quick=req.quick_probe)
     (run.run_dir / "facts.json").write_text(json.dumps(to_json_dict(facts), indent=2) + "\n")
@@ -215,7 +311,7 @@ def _deploy(transport: Transport, req: DeployRequest, events: Events, run: _Run)
 
     stage("transfer")
     events.step(f"shipping to {root}")
-    shipper = Shipper(transport, root, python=python, log=events.log)
+    shipper = run.shipper = Shipper(transport, root, python=python, log=events.log)
     shipper.prepare()
     with events.transfer("model", gguf.stat().st_size) as bar:
         _, sent, present = shipper.upload_model(gguf, sha, progress=bar)
@@ -227,6 +323,7 @@ def _deploy(transport: Transport, req: DeployRequest, events: Events, run: _Run)
     serving_before = server.state() if opts.mode == "serve" else {}
     if serving_before:  # the old server would compete with the bench for memory and cores
         server.stop()
+        run.stopped_server = True
     events.step(f"running release {release.id} on {spec.name}")
     sustained = ["--sustained-s", f"{opts.sustained_s:g}"] if opts.sustained_s else []
     outcome = run_bench(transport, release, python=python, run_dir=run.run_dir, extra_args=sustained)
@@ -256,17 +353,34 @@ def _deploy(transport: Transport, req: DeployRequest, events: Events, run: _Run)
     run.verdict = verdict
     calibration.record_run(facts, plan, tel)  # every shipped run is a measurement of the device
     if verdict.passed or req.force:
+        # An interrupt from here on switches back (until _deploy returns). A first release has
+        # nothing to switch back to: it stays current, as it passed.
+        run.switched_from = shipper.current()
         shipper.activate(release.id)
         shipper.prune()
         release = run.release = replace(release, activated=True)
         if opts.mode == "serve":
             stage("serve")
+            run.server = server
             _serve_release(server, shipper, opts.serve, release, events, run)
     else:
         _serve_previous(server, serving_before, shipper.current(), events)
+    run.stopped_server = False
+    run.switched_from = run.server = None  # done: nothing to undo any more
     if not verdict.passed:
         failed = ", ".join(c.name for c in verdict.checks if not c.passed and c.severity == "error")
         raise VerdictFailed(f"validation failed: {failed}", f"see {run.run_dir / 'report.md'}")
+
+
+def _stop_leftovers(transport: Transport, root: str, events: Events, run: _Run) -> None:
+    """A ship killed mid-run (SIGKILL, a lost host) may have left its runner running, where the
+    runner cannot tell (a serial console), or its pid file: stop and clear them before this run
+    measures anything, and say so in the report."""
+    from toolchain.deploy.run import stop_runners
+
+    for found in stop_runners(transport, root):
+        events.log(f"  {found.describe()}")
+        run.notes.append(found.describe())
 
 
 def _serve_release(server: Server, shipper: Shipper, opts: ServeOptions, release: Release, events: Events, run: _Run) -> None:

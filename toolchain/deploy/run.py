@@ -50,10 +50,13 @@ def run_bench(
     log = f"{release.path}/runner.log"
     transport.run(["rm", "-f", remote_out, log], timeout=30)
     before = boot_id(transport)
-    argv = ["sh", f"{release.path}/run.sh", "bench", "--out", remote_out, *(extra_args or [])]
+    # Where the link can tell (local pipe, SSH channel), the runner stops itself when this process
+    # dies: it watches the stdin we hold open. Elsewhere the next ship stops it (leftover_runners).
+    watch = ["--watch-stdin"] if transport.capabilities.stdin_ends_with_host else []
+    argv = ["sh", f"{release.path}/run.sh", "bench", "--out", remote_out, *watch, *(extra_args or [])]
     lost: EdgeDeployError | None = None
     try:
-        status = transport.run(argv, timeout=timeout, check=False, env={"EDGEDEPLOY_PYTHON": python}).exit_status
+        status = transport.run(argv, timeout=timeout, check=False, env={"EDGEDEPLOY_PYTHON": python}, hold_stdin=True).exit_status
     except CommandTimeout:
         status = -1
     except EdgeDeployError as exc:  # the link dropped: a reboot, a crash of the board, or the network
@@ -70,6 +73,61 @@ def run_bench(
     if tel is not None and status == 0:
         return RunOutcome(status, events, tel, None, log_tail)
     return classify_failure(status, events, log_tail, timeout, _oom_in_kernel_log(transport, events))
+
+
+# Every releases/*/runner.pid under the deploy root ($1): a live runner (checked to be one: a pid
+# may have been reused) is stopped, TERM then KILL; the file goes either way. One line each:
+# STOPPED|CLEARED <release> <pid> [what the runner wrote when it stopped itself].
+_STOP_RUNNERS = r"""
+for f in "$1"/releases/*/runner.pid; do
+    [ -f "$f" ] || continue
+    rel=$(basename "$(dirname "$f")")
+    pid=$(head -n 1 "$f" | tr -cd 0-9)
+    why=$(sed -n 2p "$f")
+    cmd=""
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        cmd=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null || ps -p "$pid" -o args= 2>/dev/null)
+    fi
+    case "$cmd" in
+        *runner.py*)
+            kill "$pid" 2>/dev/null
+            i=0
+            while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 30 ]; do sleep 0.1; i=$((i + 1)); done
+            kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null
+            echo "STOPPED $rel $pid" ;;
+        *) echo "CLEARED $rel ${pid:-?} $why" ;;
+    esac
+    rm -f "$f"
+done
+exit 0
+"""
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A runner pid file found under the deploy root: a ship killed, or stopped, mid-run."""
+
+    release: str
+    pid: str
+    stopped: bool  # True: the runner was still running and we stopped it; False: it was gone
+    why: str = ""  # what the runner wrote when it stopped itself
+
+    def describe(self) -> str:
+        if self.stopped:
+            return f"stopped the runner of release {self.release} (pid {self.pid}) that an earlier ship left running"
+        return (f"cleared the pid file of release {self.release}'s runner (pid {self.pid}), no longer running"
+                + (f": it {self.why}" if self.why else ""))
+
+
+def stop_runners(transport: Transport, root: str) -> list[Leftover]:
+    """Stop every runner still running under root and clear every runner pid file (one round trip)."""
+    res = transport.run(["sh", "-c", _STOP_RUNNERS, "sh", root], timeout=30, check=False)
+    found = []
+    for line in res.stdout.splitlines():
+        parts = line.split(" ", 3)
+        if len(parts) >= 3 and parts[0] in ("STOPPED", "CLEARED"):
+            found.append(Leftover(parts[1], parts[2], parts[0] == "STOPPED", parts[3].strip() if len(parts) > 3 else ""))
+    return found
 
 
 def classify_failure(status: int, events: list[Event], log_tail: str, timeout: float, kernel_oom: bool) -> RunOutcome:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -46,6 +47,10 @@ else:
     import events
 
 SETTINGS_FILE = "settings.json"
+# While bench runs: "<pid>" on the first line, beside this file. The host stops a runner by it
+# (a signal on the host side) and the next ship finds what a killed ship left (deploy/run.py).
+PID_FILE = "runner.pid"
+HOST_GONE_STATUS = 129  # as for SIGHUP: the session that started the runner is gone
 KV_TYPES = {"f16": 1, "q8_0": 8, "q4_0": 2}  # ggml_type ids (stable ABI values)
 BACKENDS = ("cpu", "cuda", "metal", "vulkan", "opencl")  # what a plan may place a model on
 T = TypeVar("T")
@@ -758,6 +763,8 @@ def parser(settings: Settings) -> argparse.ArgumentParser:
     b.add_argument("--tokens", type=int, default=settings.decode_tokens)
     b.add_argument("--warmup", type=int, default=8)
     b.add_argument("--sustained-s", type=float, default=0.0)
+    b.add_argument("--watch-stdin", action="store_true",
+                   help="stop when stdin reaches EOF: the host holds it open, so EOF means the host process died")
     s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (llama_cpp.server)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
@@ -771,14 +778,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser(settings).parse_args(argv)
     if args.mode == "serve":
         return serve(args, settings)
+    pid_file = os.path.join(HERE, PID_FILE)
+    with open(pid_file, "w") as f:
+        f.write(f"{os.getpid()}\n")
+    # SIGTERM (the host stopping this run) unwinds through the finally below, which clears the pid file.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    if args.watch_stdin:
+        threading.Thread(target=watch_host, args=(args.out, pid_file), name="watch-host", daemon=True).start()
     try:
         return bench(args, settings)
+    except SystemExit as exc:
+        events.emit(args.out, events.ERROR, kind="stopped", message=f"stopped by SIGTERM (exit {exc.code})",
+                    peak_rss_bytes=peak_rss_bytes())
+        raise
     except MemoryError:
         events.emit(args.out, events.ERROR, kind="oom", message="MemoryError", peak_rss_bytes=peak_rss_bytes())
         return 137
     except Exception as exc:  # reported as telemetry, so a failed run still has a report
         events.emit(args.out, events.ERROR, kind=type(exc).__name__, message=str(exc)[:500], peak_rss_bytes=peak_rss_bytes())
         return 1
+    finally:
+        try:
+            os.unlink(pid_file)
+        except OSError:
+            pass
+
+
+def watch_host(out: str, pid_file: str) -> None:
+    """Stop this runner once stdin ends: the host held it open, so EOF means the host process (or
+    the SSH session) is gone and nobody will collect the result. Nothing is read from stdin
+    otherwise, so a blocking read costs nothing. The pid file stays, saying why, for the next ship."""
+    try:
+        while os.read(0, 4096):
+            pass
+    except OSError:
+        pass
+    when = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    try:
+        # Nobody reads our stdout any more: writing there would fail (EPIPE) before we are done.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        events.emit(out, events.ERROR, kind="host_gone", message="the host that started this run went away; stopped")
+        with open(pid_file, "a") as f:
+            f.write(f"stopped itself at {when}: its host went away\n")
+    except OSError:
+        pass
+    os._exit(HOST_GONE_STATUS)  # now: the main thread may be inside llama.cpp for a while yet
 
 
 if __name__ == "__main__":

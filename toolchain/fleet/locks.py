@@ -7,6 +7,11 @@ A heartbeat thread pushes the expiry forward while work runs; a lock left by a k
 expires on its own and the next job takes it over. Takeovers go through a second mkdir mutex, so
 two waiters cannot both replace one expired lock; acquiring is always the plain mkdir, so at most
 one holder exists at any time.
+
+The lab (fleet/scheduler.py) and the CLI's ship and rollback (deploy/pipeline.py: ship, held()
+below) take the same lock, so a manual ship and a lab job exclude each other. A holder that was a
+process of this very host (same host name and PID namespace) which no longer exists is taken over
+at once rather than at its expiry: a ship killed with SIGKILL must not block the next one.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ STALE_TAKEOVER_S = 60  # a takeover mutex older than this was left by a job kill
 _PARSE_EXPIRY = r"""sed -n 's/.*"expires_at": *\([0-9][0-9]*\).*/\1/p' "$lock/owner.json" 2>/dev/null | head -n 1"""
 
 _ACQUIRE = r"""
-lock=$1 token=$2 ttl=$3 meta=$4
+lock=$1 token=$2 ttl=$3 meta=$4 stale=${5:-}
 now=$(date +%s)
 echo "NOW $now"
 write_owner() {
@@ -50,7 +55,10 @@ if [ -z "$exp" ]; then
     t=$(stat -c %Y "$lock" 2>/dev/null || echo "$now")
     exp=$((t + ttl))
 fi
-if [ "$now" -ge "$exp" ]; then
+# stale: the token of a holder the caller saw die (a process of its own host): expired now.
+cut=$now
+if [ -n "$stale" ] && grep -q "\"token\": \"$stale\"" "$lock/owner.json" 2>/dev/null; then cut=$exp; fi
+if [ "$cut" -ge "$exp" ]; then
     if mkdir "$lock.takeover" 2>/dev/null; then
         exp2=$(EXPIRY)
         [ -z "$exp2" ] && exp2=$exp
@@ -100,11 +108,38 @@ class Holder:
     job: str | None
     lab: str | None
     expires_in_s: float | None
+    what: str | None = None  # the command holding it: ship, rollback; None: a lab
+    since_s: float | None = None  # how long it has held the lock (the board's clock)
+    host: str | None = None
+    pid: int | None = None
+    pid_ns: str | None = None
+    token: str | None = None
 
     def describe(self) -> str:
         job = f"CI job {self.job}" if self.job else "no CI job"
+        what = f"edgedeploy {self.what}, " if self.what else ""
+        since = f", held for {self.since_s:.0f} s" if self.since_s is not None else ""
         exp = f", expires in {self.expires_in_s:.0f} s unless renewed" if self.expires_in_s is not None else ""
-        return f"{self.owner} ({job}{', lab ' + self.lab if self.lab else ''}{exp})"
+        return f"{self.owner} ({what}{job}{', lab ' + self.lab if self.lab else ''}{since}{exp})"
+
+    def died_here(self) -> bool:
+        """True when the holder was a process of this host (and PID namespace) that is gone."""
+        if not self.pid or self.host != socket.gethostname() or self.pid_ns != _pid_namespace():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False  # EPERM: alive, another user's
+        return False
+
+
+def _pid_namespace() -> str | None:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def ci_job() -> tuple[str | None, str | None]:
@@ -128,11 +163,14 @@ def lock_path(deploy_root: str) -> str:
 class BoardLock:
     """`with BoardLock(t, root, lab="x", ttl_s=120).held(wait_s=600): ...` deploys alone."""
 
-    def __init__(self, transport: Transport, deploy_root: str, *, lab: str, ttl_s: float = 120.0, owner: str | None = None,
-                 job: str | None = None, poll_s: float = 1.0, token: str | None = None) -> None:
+    def __init__(self, transport: Transport, deploy_root: str, *, lab: str | None, ttl_s: float = 120.0, owner: str | None = None,
+                 job: str | None = None, poll_s: float = 1.0, token: str | None = None, what: str | None = None,
+                 busy_hint: str = "wait for that job to finish, raise timeouts.lock_wait") -> None:
         self.transport = transport
         self.path = lock_path(deploy_root)
         self.lab = lab
+        self.what = what
+        self.busy_hint = busy_hint
         self.ttl_s = max(3, int(ttl_s))
         # One token per holder. The lab passes the same one to every attempt on a board: a retry
         # after the board went away mid-run finds the lock its last attempt could not release and
@@ -154,10 +192,13 @@ class BoardLock:
 
     # --- one round trip each ------------------------------------------------------------------
 
-    def try_acquire(self) -> Holder | None:
-        """Take the lock now (None), or report who holds it."""
-        meta = json.dumps({"owner": self.owner, "job": self.job, "job_url": self.job_url, "lab": self.lab})[1:-1]
-        res = self.transport.run(["sh", "-c", _ACQUIRE, "sh", self.path, self.token, str(self.ttl_s), meta], timeout=30, check=False)
+    def try_acquire(self, stale_token: str | None = None) -> Holder | None:
+        """Take the lock now (None), or report who holds it. stale_token: the holder with this
+        token is known dead (Holder.died_here): take it over now."""
+        meta = json.dumps({"owner": self.owner, "job": self.job, "job_url": self.job_url, "lab": self.lab, "what": self.what,
+                           "host": socket.gethostname(), "pid": os.getpid(), "pid_ns": _pid_namespace()})[1:-1]
+        res = self.transport.run(["sh", "-c", _ACQUIRE, "sh", self.path, self.token, str(self.ttl_s), meta, stale_token or ""],
+                                 timeout=30, check=False)
         lines = res.stdout.splitlines()
         now = next((float(x.split()[1]) for x in lines if x.startswith("NOW ")), None)
         if res.exit_status != 0 or not lines:
@@ -196,6 +237,8 @@ class BoardLock:
         start = clock()
         while True:
             holder = self.try_acquire()
+            if holder is not None and holder.died_here() and holder.token:
+                holder = self.try_acquire(stale_token=holder.token)
             if holder is None:
                 return clock() - start
             self.waited_for = holder
@@ -203,7 +246,7 @@ class BoardLock:
             if waited >= wait_s:
                 raise LockBusy(
                     f"{self.transport.display}: board is locked by {holder.describe()}; waited {waited:.0f} s",
-                    f"wait for that job to finish, raise timeouts.lock_wait, or if it died its lock expires by itself "
+                    f"{self.busy_hint}, or if it died its lock expires by itself "
                     f"(remove {self.path} on the board to free it at once)")
             if on_wait is not None:
                 on_wait(holder)
@@ -242,7 +285,12 @@ def _holder(owner_json: str, now: float | None) -> Holder | None:
         return None
     if not isinstance(doc, dict):  # another tool's file, or a half-written one
         return None
-    exp, job, lab = doc.get("expires_at"), doc.get("job"), doc.get("lab")
+    exp, job, lab, acquired = doc.get("expires_at"), doc.get("job"), doc.get("lab"), doc.get("acquired_at")
+    pid, what, host, ns, token = doc.get("pid"), doc.get("what"), doc.get("host"), doc.get("pid_ns"), doc.get("token")
     return Holder(owner=str(doc.get("owner") or "unknown owner"), job=str(job) if job is not None else None,
-                  lab=str(lab) if lab is not None else None,
-                  expires_in_s=(float(exp) - now) if isinstance(exp, (int, float)) and now is not None else None)
+                  lab=str(lab) if lab else None,
+                  expires_in_s=(float(exp) - now) if isinstance(exp, (int, float)) and now is not None else None,
+                  what=str(what) if what else None,
+                  since_s=(now - float(acquired)) if isinstance(acquired, (int, float)) and now is not None else None,
+                  host=str(host) if host else None, pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
+                  pid_ns=str(ns) if ns else None, token=str(token) if token else None)

@@ -33,7 +33,7 @@ from typing import NoReturn
 from toolchain.core.errors import CommandFailed, CommandTimeout, TargetError
 from toolchain.core.nouns import TargetSpec
 from toolchain.transports.base import MAX_OUTPUT_BYTES, Capabilities, CommandResult, ProgressFn, Transport
-from toolchain.transports.process import OutputTooLarge, communicate_bounded
+from toolchain.transports.process import communicate_bounded, dies_with_us
 
 STAGING_DIR = "/data/local/tmp"  # writable by the shell user on every Android release
 # An OPEN message must fit the device's max payload (4096 bytes before Android 7, with the
@@ -84,7 +84,9 @@ class AdbTransport(Transport):
 
     # --- Transport primitives ---
 
-    def _exec(self, command: str, timeout: float, stdin: bytes | None) -> tuple[int, bytes, bytes]:
+    def _exec(self, command: str, timeout: float, stdin: bytes | None, hold_stdin: bool = False) -> tuple[int, bytes, bytes]:
+        # hold_stdin is not needed here: the adb client dies with us (dies_with_us), and adbd then
+        # kills the command it ran (shell_v2), as it does when we kill the client on a signal.
         deadline = time.monotonic() + timeout
         staged: list[str] = []
         done = False
@@ -381,7 +383,7 @@ class AdbTransport(Transport):
     def _adb(self, args: Sequence[str], *, timeout: float) -> subprocess.CompletedProcess[bytes]:
         """Run adb to completion; kill it and raise TimeoutError past the timeout."""
         proc = subprocess.Popen(
-            self._argv(args),
+            dies_with_us(self._argv(args)),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -389,13 +391,13 @@ class AdbTransport(Transport):
         )
         try:
             out, err = communicate_bounded(proc, None, max(timeout, 0.001), MAX_OUTPUT_BYTES)
-        except (TimeoutError, OutputTooLarge, subprocess.TimeoutExpired) as exc:
+        except BaseException as exc:  # a timeout, too much output, or a signal on this side
             # Killing the client closes its stream; adbd then kills the remote command (shell_v2).
             proc.kill()
             proc.wait()
-            if isinstance(exc, OutputTooLarge):
-                raise
-            raise TimeoutError(shlex.join(args)) from exc
+            if isinstance(exc, (TimeoutError, subprocess.TimeoutExpired)):
+                raise TimeoutError(shlex.join(args)) from exc
+            raise
         finally:
             for pipe in (proc.stdout, proc.stderr):
                 if pipe is not None:

@@ -35,6 +35,9 @@ class Capabilities:
     # One command at a time (a serial console is one stream): a second thread's command waits,
     # and a background one (the lock heartbeat) is skipped while another runs (try_run).
     concurrent_commands: bool = True
+    # A command run with hold_stdin=True reads EOF on its stdin once this host process is gone,
+    # killed included (the local pipe, the SSH channel close with it): the runner watches for it.
+    stdin_ends_with_host: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,18 +84,23 @@ class Transport(ABC):
         stdin: bytes | None = None,
         check: bool = True,
         env: Mapping[str, str] | None = None,
+        hold_stdin: bool = False,
     ) -> CommandResult:
-        """Run argv on the target (quoted), with a timeout; raise CommandFailed when check."""
-        return self.run_shell(shell_join(argv, env), timeout=timeout, stdin=stdin, check=check)
+        """Run argv on the target (quoted), with a timeout; raise CommandFailed when check.
+
+        hold_stdin: keep the command's stdin open (and empty) until it ends, where the transport
+        can (Capabilities.stdin_ends_with_host), so that it sees EOF when this process dies.
+        Whatever the transport, a command interrupted on this side (a signal) is killed on the target."""
+        return self.run_shell(shell_join(argv, env), timeout=timeout, stdin=stdin, check=check, hold_stdin=hold_stdin)
 
     def run_shell(
-        self, command: str, *, timeout: float = 60.0, stdin: bytes | None = None, check: bool = True
+        self, command: str, *, timeout: float = 60.0, stdin: bytes | None = None, check: bool = True, hold_stdin: bool = False
     ) -> CommandResult:
         """Run a shell command line that the caller built from quoted parts."""
         if self.capabilities.concurrent_commands:
-            return self._run_shell(command, timeout, stdin, check)
+            return self._run_shell(command, timeout, stdin, check, hold_stdin)
         with self._one_at_a_time:
-            return self._run_shell(command, timeout, stdin, check)
+            return self._run_shell(command, timeout, stdin, check, hold_stdin)
 
     def try_run(self, argv: Sequence[str], *, timeout: float = 60.0) -> CommandResult | None:
         """Run argv now, unchecked; None when the link carries one command at a time and is busy
@@ -102,14 +110,14 @@ class Transport(ABC):
         if not self._one_at_a_time.acquire(blocking=False):
             return None
         try:
-            return self._run_shell(shell_join(argv), timeout, None, False)
+            return self._run_shell(shell_join(argv), timeout, None, False, False)
         finally:
             self._one_at_a_time.release()
 
-    def _run_shell(self, command: str, timeout: float, stdin: bytes | None, check: bool) -> CommandResult:
+    def _run_shell(self, command: str, timeout: float, stdin: bytes | None, check: bool, hold_stdin: bool) -> CommandResult:
         start = time.monotonic()
         try:
-            status, out, err = self._exec(command, timeout, stdin)
+            status, out, err = self._exec(command, timeout, stdin, hold_stdin and stdin is None)
         except OutputTooLarge as exc:
             raise TargetError(f"{self.display}: a command printed more than {MAX_OUTPUT_BYTES >> 20} MiB and was stopped: {_short(command)}",
                               "the target answered with far more than it should: look at what that command prints there") from exc
@@ -173,8 +181,9 @@ class Transport(ABC):
     # --- primitives each transport implements ---
 
     @abstractmethod
-    def _exec(self, command: str, timeout: float, stdin: bytes | None) -> tuple[int, bytes, bytes]:
-        """Run a shell command line; return (exit status, stdout, stderr); raise TimeoutError."""
+    def _exec(self, command: str, timeout: float, stdin: bytes | None, hold_stdin: bool = False) -> tuple[int, bytes, bytes]:
+        """Run a shell command line; return (exit status, stdout, stderr); raise TimeoutError.
+        Interrupted here (a BaseException from a signal handler), kill the command, then re-raise."""
 
     @abstractmethod
     def _put(self, local: Path, remote: str, offset: int, progress: ProgressFn | None) -> None: ...

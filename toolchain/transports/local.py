@@ -9,35 +9,37 @@ import subprocess
 from pathlib import Path
 
 from toolchain.transports.base import MAX_OUTPUT_BYTES, Capabilities, ProgressFn, Transport
-from toolchain.transports.process import OutputTooLarge, communicate_bounded
+from toolchain.transports.process import communicate_bounded
 
 CHUNK = 4 << 20
 
 
 class LocalTransport(Transport):
-    capabilities = Capabilities(file_transfer=True, max_file_bytes=None, separate_stderr=True, resumable_put=True)
+    capabilities = Capabilities(file_transfer=True, max_file_bytes=None, separate_stderr=True, resumable_put=True,
+                                stdin_ends_with_host=True)
 
     def __init__(self) -> None:
         super().__init__("local")
 
-    def _exec(self, command: str, timeout: float, stdin: bytes | None) -> tuple[int, bytes, bytes]:
-        # Own process group so a timeout kills the whole pipeline, not just sh.
+    def _exec(self, command: str, timeout: float, stdin: bytes | None, hold_stdin: bool = False) -> tuple[int, bytes, bytes]:
+        # Own process group so a timeout kills the whole pipeline, not just sh; and so a terminal's
+        # Ctrl-C reaches us, not the command: we decide what it stops (below).
         proc = subprocess.Popen(
             ["/bin/sh", "-c", command],
-            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin is not None or hold_stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
         try:
-            out, err = communicate_bounded(proc, stdin, timeout, MAX_OUTPUT_BYTES)
-        except (TimeoutError, OutputTooLarge, subprocess.TimeoutExpired) as exc:
+            out, err = communicate_bounded(proc, stdin, timeout, MAX_OUTPUT_BYTES, hold_stdin=hold_stdin)
+        except BaseException as exc:  # a timeout, too much output, or a signal on this side: nothing is left running
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            if isinstance(exc, OutputTooLarge):
-                raise
-            raise TimeoutError(command) from exc
+            if isinstance(exc, (TimeoutError, subprocess.TimeoutExpired)):
+                raise TimeoutError(command) from exc
+            raise
         finally:
             for pipe in (proc.stdin, proc.stdout, proc.stderr):
                 if pipe is not None:

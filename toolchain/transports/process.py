@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import os
 import selectors
+import shutil
 import subprocess
+import sys
 import time
 
 from toolchain.core.errors import TargetError
@@ -22,9 +24,19 @@ class OutputTooLarge(TargetError):
                          "the target answered with far more than it should: look at what the command prints there")
 
 
-def communicate_bounded(proc: subprocess.Popen[bytes], stdin: bytes | None, timeout: float, limit: int) -> tuple[bytes, bytes]:
+def dies_with_us(argv: list[str]) -> list[str]:
+    """argv run so that the child is SIGKILLed when this process dies, SIGKILL included (Linux:
+    setpriv's parent-death signal). A client child (ssh, adb) runs in its own session to keep it off
+    a terminal's Ctrl-C; an orphaned one would keep its remote command (or a copy) going."""
+    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
+    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
+
+
+def communicate_bounded(proc: subprocess.Popen[bytes], stdin: bytes | None, timeout: float, limit: int, *,
+                        hold_stdin: bool = False) -> tuple[bytes, bytes]:
     """(stdout, stderr) of proc. TimeoutError past the timeout, OutputTooLarge past `limit` bytes
-    of stdout and stderr together; in both cases the caller kills proc."""
+    of stdout and stderr together; in both cases the caller kills proc. hold_stdin: leave an empty
+    proc.stdin open (the caller closes it), so proc reads EOF only when we close it or die."""
     out, err = bytearray(), bytearray()
     bufs = {proc.stdout: out, proc.stderr: err}
     deadline = time.monotonic() + timeout
@@ -36,7 +48,7 @@ def communicate_bounded(proc: subprocess.Popen[bytes], stdin: bytes | None, time
         if proc.stdin is not None:
             if pending:
                 sel.register(proc.stdin, selectors.EVENT_WRITE)
-            else:
+            elif not hold_stdin:
                 proc.stdin.close()
         while sel.get_map():
             left = deadline - time.monotonic()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import re
@@ -302,8 +303,9 @@ class SerialTransport(Transport):
         self._write(line.encode())
         try:
             end = self._wait_for(re.compile(b"EDE_" + tok.encode() + rb":(\d+)\n"), time.monotonic() + timeout)
-        except TimeoutError:
-            self._recover()
+        except (TimeoutError, KeyboardInterrupt):  # KeyboardInterrupt: errors.Interrupted too (a signal here)
+            with contextlib.suppress(TargetError, OSError, TimeoutError):
+                self._recover()  # Ctrl-C on the console stops the command
             raise
         text = bytes(self._screen.text)
         begin = text.rfind(b"EDB_" + tok.encode() + b"\n", 0, end.start())
@@ -345,7 +347,9 @@ class SerialTransport(Transport):
 
     # --- Transport primitives ---
 
-    def _exec(self, command: str, timeout: float, stdin: bytes | None) -> tuple[int, bytes, bytes]:
+    def _exec(self, command: str, timeout: float, stdin: bytes | None, hold_stdin: bool = False) -> tuple[int, bytes, bytes]:
+        # hold_stdin cannot be honoured: the console outlives this process, so a command on it never
+        # learns that the host died (the next ship stops what is left: deploy/run.py leftover_runners).
         temps: list[str] = []
         try:
             if len(command) > MAX_INLINE_COMMAND or not _tty_safe(command):

@@ -49,7 +49,8 @@ SYSTEM_SSH_MIN_BYTES = 32 << 20
 
 
 class SshTransport(Transport):
-    capabilities = Capabilities(file_transfer=True, max_file_bytes=None, separate_stderr=True, resumable_put=True)
+    capabilities = Capabilities(file_transfer=True, max_file_bytes=None, separate_stderr=True, resumable_put=True,
+                                stdin_ends_with_host=True)
 
     def __init__(
         self,
@@ -216,20 +217,22 @@ class SshTransport(Transport):
 
     # --- commands ---------------------------------------------------------------------------
 
-    def _exec(self, command: str, timeout: float, stdin: bytes | None) -> tuple[int, bytes, bytes]:
-        # Tag the command's environment so a timeout can find and kill everything it started:
-        # sshd refuses 'signal' requests for root logins, and closing the channel kills nothing.
+    def _exec(self, command: str, timeout: float, stdin: bytes | None, hold_stdin: bool = False) -> tuple[int, bytes, bytes]:
+        # Tag the command's environment so a timeout (or a signal here) can find and kill everything
+        # it started: sshd refuses 'signal' requests for root logins, and closing the channel kills nothing.
         run_id = secrets.token_hex(8)
         status, out, err = self._run_channel(f"{RUN_ID_VAR}={run_id}; export {RUN_ID_VAR}; {command}", timeout,
-                                             stdin, on_timeout=lambda: self._kill_run(run_id))
+                                             stdin, on_timeout=lambda: self._kill_run(run_id), hold_stdin=hold_stdin)
         if status is None:
             raise TimeoutError(command)
         return status, out, err
 
     def _run_channel(
-        self, command: str, timeout: float, stdin: bytes | None, on_timeout: Callable[[], None] | None = None
+        self, command: str, timeout: float, stdin: bytes | None, on_timeout: Callable[[], None] | None = None,
+        hold_stdin: bool = False,
     ) -> tuple[int | None, bytes, bytes]:
-        """Run command on a new session channel; status None when it timed out."""
+        """Run command on a new session channel; status None when it timed out. hold_stdin: never
+        send EOF, so the command's stdin ends only with the channel (with this process, if it dies)."""
         transport = self._transport()
         try:
             chan = transport.open_session(timeout=self.connect_timeout)
@@ -241,7 +244,7 @@ class SshTransport(Transport):
             # A thread, so a command that prints before reading all its input cannot deadlock us.
             writer = threading.Thread(target=_feed, args=(chan, stdin), daemon=True)
             writer.start()
-        else:
+        elif not hold_stdin:
             chan.shutdown_write()
         out, err = bytearray(), bytearray()
         deadline = time.monotonic() + timeout
@@ -268,6 +271,11 @@ class SshTransport(Transport):
                     return None, bytes(out), bytes(err)
                 # The channel's fileno is readable on stdout/stderr data and on close.
                 select.select([chan], [], [], min(left, 0.05))
+        except KeyboardInterrupt:  # errors.Interrupted too: a signal here stops the command there
+            _signal_remote(chan)
+            if on_timeout is not None:
+                on_timeout()
+            raise
         finally:
             ssh_copy.close_quietly(chan)
             if writer is not None:

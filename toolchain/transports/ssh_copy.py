@@ -20,7 +20,6 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +31,7 @@ import paramiko
 
 from toolchain.core.errors import BadInputError, TargetError
 from toolchain.transports.base import ProgressFn
+from toolchain.transports.process import dies_with_us
 
 CHUNK = 1 << 20  # fallback path: bytes per channel write/read
 POLL_S = 0.01  # fast path: offset polling interval (~3 MB between reports at 300 MB/s)
@@ -158,7 +158,7 @@ def _run_ssh_copy(
     fd = shared.fileno()
     with tempfile.TemporaryFile() as err:  # a file, not a pipe: a chatty ssh can never block on it
         proc = subprocess.Popen(
-            _dies_with_us(argv),
+            dies_with_us(argv),
             stdin=src if src is not None else subprocess.DEVNULL,
             stdout=dst if dst is not None else subprocess.DEVNULL,
             stderr=err,
@@ -178,13 +178,6 @@ def _run_ssh_copy(
         raise _copy_error(what, proc.returncode, stderr, done, total, connection_lost=proc.returncode == 255 or proc.returncode < 0)
     if progress:
         progress(total, total)
-
-
-def _dies_with_us(argv: list[str]) -> list[str]:
-    """Make ssh die if we are SIGKILLed (Linux): an orphan would keep appending to the .partial
-    file while a resumed upload writes to it too. (Its own session keeps it off our Ctrl-C.)"""
-    setpriv = shutil.which("setpriv") if sys.platform.startswith("linux") else None
-    return [setpriv, "--pdeathsig", "KILL", "--", *argv] if setpriv else argv
 
 
 def _watch(proc: subprocess.Popen[bytes], position: Callable[[], int], total: int, progress: ProgressFn | None) -> None:

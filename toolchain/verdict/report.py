@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from toolchain import __version__
-from toolchain.core.errors import EdgeDeployError, FailureClass, TargetError, ValidationFailed
+from toolchain.core.errors import EdgeDeployError, FailureClass, Interrupted, TargetError, ValidationFailed
 from toolchain.core.nouns import Plan, Release, Telemetry, Verdict
 from toolchain.core.paths import runs_dir
 from toolchain.core.serde import to_json_dict
@@ -39,7 +39,7 @@ class Failure:
     in_verdict: bool = False  # the run finished and its verdict failed (the checks say why)
 
     @classmethod
-    def of(cls, exc: EdgeDeployError, stage: str) -> Failure:
+    def of(cls, exc: EdgeDeployError | Interrupted, stage: str) -> Failure:
         return cls(exc.message, exc.hint, exc.failure_class, exc.exit_code, stage, getattr(exc, "kind", None),
                    getattr(exc, "log_tail", ""), isinstance(exc, VerdictFailed))
 
@@ -55,6 +55,9 @@ class Report:
     telemetry: Telemetry | None = None
     serve: ServeResult | None = None
     failure: Failure | None = None
+    # What this run found on the target and did about it besides deploying: a runner a killed ship
+    # left behind, a lock taken over from a dead holder, the clean-up after an interrupt.
+    notes: tuple[str, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -78,6 +81,8 @@ class Report:
             if f.log_tail:
                 doc["log_tail"] = f.log_tail
             doc.update(failure_class=f.failure_class.value, failed_stage=f.stage, exit_code=f.exit_code)
+        if self.notes:
+            doc["notes"] = list(self.notes)
         doc["edgedeploy"] = __version__
         return doc
 
