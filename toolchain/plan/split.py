@@ -186,9 +186,11 @@ class Placed:
 def _fixed_bytes(table: LayerTable, node: GroupNode, head: bool) -> int:
     """The head runs the runner (token embeddings, on its CPU: llama.cpp never offloads the input
     layer) and an rpc-server of its own on loopback for its layers and the output layer (the
-    last RPC device: deploy/group.py), which copies a tied embedding table as the output."""
+    last RPC device: deploy/group.py), which copies a tied embedding table as the output. Each
+    process has its compute buffer (the runner's CPU one measured 21.8 MiB for SmolLM2 at ctx 4096,
+    the one-board formula says 18.4)."""
     if head:
-        return (table.head_runtime_bytes + table.head_bytes + table.compute_bytes + node.speed.memory_offset_bytes
+        return (table.head_runtime_bytes + table.head_bytes + 2 * table.compute_bytes + node.speed.memory_offset_bytes
                 + RPC_SERVER_RUNTIME_BYTES + table.tied_output_bytes)
     return RPC_SERVER_RUNTIME_BYTES + table.compute_bytes
 
