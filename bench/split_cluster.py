@@ -6,8 +6,8 @@ machine's kind (tests/boards/cluster.py), side by side in one run.
 Each board: its own network, mount, PID and UTS namespaces with a real sshd, a memory cgroup of
 --limit-mib, and a link of 0.15 ms one way at 1 Gbit/s to the lab switch (this machine; a TUN
 delay line, as this kernel has no netem), so board to board is 0.3 ms each way. At the default
-limit SmolLM2-135M F16 does not fit one board at ctx 4096 and fits two; the budget, 120 ms/token,
-rules out one board streaming F16 from storage. Rows:
+limit SmolLM2-135M F16 does not fit one board at ctx 4096 and fits two (the budget is a loose 1 s:
+the subject is the prediction, on a shared machine). Rows:
 
   alone   ship --target n0 --quant Q8_0: the largest quant that one board holds
   split   ship --target n0 --target n1 [...]: F16, too large for one board
@@ -39,7 +39,7 @@ MODEL = "smollm2-135m-instruct"
 
 def ship(env: dict[str, str], targets: list[str], *extra: str) -> dict[str, Any]:
     argv = [sys.executable, "-m", "toolchain.cli", "ship", *(x for t in targets for x in ("--target", t)), "--model", MODEL,
-            "--ctx", "4096", "--budget", "120ms", "--no-calibrate", "--json", *extra]
+            "--ctx", "4096", "--budget", "1s", "--no-calibrate", "--json", *extra]
     t0 = time.monotonic()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=1800)
     try:

@@ -22,7 +22,7 @@ from toolchain.deploy import rpc
 
 MODEL = "smollm2-135m-instruct"
 LIMIT = 360 << 20  # F16 needs ~494 MiB on one board at ctx 4096; split, ~300 and ~230 MiB
-SHIP = ["ship", "--target", "n0", "--target", "n1", "--model", MODEL, "--ctx", "4096", "--budget", "120ms", "--json"]
+SHIP = ["ship", "--target", "n0", "--target", "n1", "--model", MODEL, "--quant", "F16", "--ctx", "4096", "--budget", "1s", "--json"]
 
 
 @pytest.fixture(scope="module")
