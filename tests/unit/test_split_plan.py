@@ -225,3 +225,34 @@ def test_a_board_listed_twice_is_one_board() -> None:
     a = TargetSpec(name="pi@10.0.0.2", kind="ssh", host="10.0.0.2", user="pi")
     assert same_target(a, TargetSpec(name="pi@10.0.0.2:22", kind="ssh", host="10.0.0.2", user="pi"))
     assert not same_target(a, TargetSpec(name="pi@10.0.0.3", kind="ssh", host="10.0.0.3", user="pi"))
+
+
+def test_validate_split_judges_every_node() -> None:
+    from toolchain.core.nouns import NodeTelemetry, Telemetry
+    from toolchain.deploy.group import validate_split
+
+    p = group_plan(node("A", 1.9 * GiB, head=True), [node("B", 1.9 * GiB)])
+    assert p.split is not None and p.selected is not None
+    split, pred = p.split, p.selected.predicted
+    tel = Telemetry(load_s=1, ttft_s=0.1, prefill_tokens_per_s=100, decode_tokens_per_s=pred.decode_tokens_per_s,
+                    decode_ms_p50=1000 / pred.decode_tokens_per_s, decode_ms_p90=1100 / pred.decode_tokens_per_s, peak_rss_bytes=1 << 28,
+                    llama_cpp="0.3.36", threads=2, ctx=4096, model_sha256="ab", gpu_layers_offloaded=split.n_gpu_layers)
+
+    def nodes(worker_peak: int, rx: int = 1 << 20) -> list[NodeTelemetry]:
+        return [NodeTelemetry(n.target, n.role, n.layer_count, peak_memory_bytes=worker_peak if n.role == "worker" else n.memory_bytes,
+                              share_memory_bytes=n.memory_bytes, usable_memory_bytes=n.usable_memory_bytes,
+                              link_rx_bytes=rx if n.role == "worker" else 0, link_tx_bytes=rx if n.role == "worker" else 0)
+                for n in split.nodes]
+
+    worker = next(n for n in split.nodes if n.role == "worker")
+    ok = validate_split(tel, p, split, nodes(worker.memory_bytes), "ab")
+    assert ok.passed, [c for c in ok.checks if not c.passed]
+    names = {c.name for c in ok.checks}
+    assert {"memory A", "memory B", "prediction memory B", "link B", "split placement", "decode budget"} <= names
+    assert not {"placement", "fits memory"} & names  # the one-board checks that would misjudge a split
+    over = validate_split(tel, p, split, nodes(worker.usable_memory_bytes + 1), "ab")
+    assert not over.passed and [c.name for c in over.checks if not c.passed and c.severity == "error"] == ["memory B"]
+    silent = validate_split(tel, p, split, nodes(worker.memory_bytes, rx=0), "ab")
+    assert [c.name for c in silent.checks if not c.passed and c.severity == "error"] == ["link B"]
+    cpu_only = validate_split(replace(tel, gpu_layers_offloaded=0), p, split, nodes(worker.memory_bytes), "ab")
+    assert [c.name for c in cpu_only.checks if not c.passed and c.severity == "error"] == ["split placement"]
