@@ -8,13 +8,11 @@ from typing import TYPE_CHECKING
 
 from toolchain.cli import console as ui
 from toolchain.core.errors import BadInputError
-from toolchain.core.nouns import HostFacts, Plan, TargetSpec
+from toolchain.core.nouns import Plan, TargetSpec
 from toolchain.core.units import fmt_bytes, fmt_rate
 
 if TYPE_CHECKING:
-    from toolchain.core.events import Events
     from toolchain.plan.request import PlanRequest
-    from toolchain.transports.base import Transport
 
 
 def same_target(a: TargetSpec, b: TargetSpec) -> bool:
@@ -39,7 +37,7 @@ def resolve_group(targets: list[str]) -> list[TargetSpec]:
 
 
 def plan_targets(targets: list[str], req: PlanRequest, *, fresh_links: bool = False) -> Plan:
-    from toolchain.deploy.group import group_members
+    from toolchain.deploy.group import group_members, probe_for_plan
     from toolchain.plan.group import plan_group
     from toolchain.transports.factory import connect
 
@@ -50,19 +48,6 @@ def plan_targets(targets: list[str], req: PlanRequest, *, fresh_links: bool = Fa
         facts = [probe_for_plan(s, t, events) for s, t in zip(specs, conns, strict=True)]
         members = group_members(specs, conns, facts, events, fresh_links=fresh_links)
     return plan_group(members, req)
-
-
-def probe_for_plan(spec: TargetSpec, transport: Transport, events: Events) -> HostFacts:
-    """A quick probe when the device's stored measurements carry what the plan needs (its read
-    rate), else a full one: a group plan probes every board and should not measure what is known."""
-    from toolchain.plan import calibration
-    from toolchain.probe.reach import deploy_root, probe_target
-
-    root = deploy_root(spec, transport)
-    facts = probe_target(spec, transport, root, events, quick=True)
-    if any(r.bandwidth_bytes_per_s > 0 for r in calibration.load(calibration.fingerprint(facts))):
-        return facts
-    return probe_target(spec, transport, root, events)
 
 
 def render_group(plan: Plan, every: bool = False) -> None:

@@ -224,15 +224,27 @@ def _teardown(servers: rpc.RpcServers, events: Events) -> None:
 
 
 def _probe(specs: list[TargetSpec], conns: list[Transport], request: DeployRequest, events: Events) -> list[Node]:
-    from toolchain.cli.group import probe_for_plan
     from toolchain.probe.reach import deploy_root, target_python
 
     out = []
     for i, (s, t) in enumerate(zip(specs, conns, strict=True)):
         root = deploy_root(s, t, request.deploy_dir if i == 0 else None)
-        facts = probe_for_plan(s, t, events)
+        facts = probe_for_plan(s, t, events, root)
         out.append(Node(s, t, facts, root, target_python(s, facts)))
     return out
+
+
+def probe_for_plan(spec: TargetSpec, transport: Transport, events: Events, root: str | None = None) -> HostFacts:
+    """A quick probe when the device's stored measurements carry what the plan needs (its read
+    rate), else a full one: a group plan probes every board and should not measure what is known."""
+    from toolchain.plan import calibration
+    from toolchain.probe.reach import deploy_root, probe_target
+
+    root = root or deploy_root(spec, transport)
+    facts = probe_target(spec, transport, root, events, quick=True)
+    if any(r.bandwidth_bytes_per_s > 0 for r in calibration.load(calibration.fingerprint(facts))):
+        return facts
+    return probe_target(spec, transport, root, events)
 
 
 def _provision_head(head: Node, request: DeployRequest, events: Events) -> str:
