@@ -100,6 +100,8 @@ def test_split_ships_runs_and_tears_down(cluster: tuple[Cluster, dict[str, str]]
     host, port = w["endpoint"].rsplit(":", 1)
     assert not _open(head, host, int(port))
     assert doc["release"]["activated"] is True
+    md = (Path(doc["run_dir"]) / "report.md").read_text()
+    assert "## Each board of the split" in md and f"| n1 | worker | {w['layer_count']} | {w['endpoint']} |" in md
 
 
 def test_a_worker_lost_mid_run_is_infrastructure_and_nothing_is_left(cluster: tuple[Cluster, dict[str, str]], f16: Path) -> None:
