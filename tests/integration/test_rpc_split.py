@@ -135,3 +135,18 @@ def test_rpc_server_is_never_bound_to_every_interface() -> None:
 
     with LocalTransport() as t, pytest.raises(BadInputError, match="every interface"):
         rpc.start_server("local", t, sys.executable, "/nonexistent", "0.0.0.0", 1, "/nonexistent")
+
+
+def test_a_lab_group_splits_the_model_across_its_boards(cluster: tuple[Cluster, dict[str, str]], f16: Path, tmp_path: Path) -> None:
+    c, env = cluster
+    lab = tmp_path / "lab.yaml"
+    lab.write_text("name: split\nretries: {attempts: 1}\nboards:\n"
+                   f"  n0: {{target: n0, workers: [n1], model: {MODEL}, quant: F16, ctx: 4096, budget: 1s}}\n  n1: {{target: n1}}\n")
+    proc = _ship(env, "lab", "run", str(lab))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = Path(env["EDGEDEPLOY_HOME"]) / "runs"
+    (lab_doc,) = [json.loads(p.read_text()) for p in runs.glob("*-lab-split/report.json")]
+    assert [b["name"] for b in lab_doc["boards"]] == ["n0"] and lab_doc["boards"][0]["status"] == "passed"  # n1 runs only in the group
+    board = json.loads((Path(lab_doc["boards"][0]["run_dir"]) / "report.json").read_text())
+    assert [n["target"] for n in board["nodes"]] == ["n1", "n0"] and all(n["layer_count"] > 0 for n in board["nodes"])
+    assert _servers(c) == []

@@ -67,13 +67,14 @@ def group_members(specs: list[TargetSpec], conns: list[Transport], facts: list[H
     return members
 
 
-def ship_group(specs: list[TargetSpec], request: DeployRequest, events: Events, *, accept_new_host_key: bool = False) -> Report:
+def ship_group(specs: list[TargetSpec], request: DeployRequest, events: Events, *, accept_new_host_key: bool = False,
+               run_dir: Path | None = None) -> Report:
     """Deploy one model over the group `specs` (the first is the head). Returns the passing Report;
     raises ShipFailed otherwise (a worker unreachable is infrastructure: exit 3)."""
     from toolchain.transports.factory import connect
 
     name = "+".join(s.name for s in specs)
-    run_dir = new_run_dir(specs[0].name)
+    run_dir = run_dir or new_run_dir(specs[0].name)
     stage = "connect"
     plan: Plan | None = None
     verdict: Verdict | None = None
@@ -93,7 +94,7 @@ def ship_group(specs: list[TargetSpec], request: DeployRequest, events: Events, 
             conns = []
             for s in specs:
                 events.step(f"connecting to {s.name}")
-                conns.append(stack.enter_context(connect(s, accept_new_host_key=accept_new_host_key)))
+                conns.append(stack.enter_context(connect(s, accept_new_host_key=accept_new_host_key or s.host_key == "accept-new")))
             stage = "probe"
             events.stage(stage)
             nodes = _probe(specs, conns, request, events)
