@@ -3,6 +3,7 @@
 #   scripts/setup.sh          the toolchain in .venv (llama-cpp-python is built once, ~6 min on 2 cores)
 #   scripts/setup.sh --test   also the system tools the test rigs use (OpenSSH server, socat, adb,
 #                             PostgreSQL for the history tests, Chromium for the HTML report check)
+#                             and llama.cpp's rpc-server for the split tests (built once, ~2-4 min)
 # Idempotent: what is already installed is not installed again.
 set -eu
 cd "$(dirname "$0")/.."
@@ -38,7 +39,7 @@ PY=${PYTHON:-python3}
 command -v g++ >/dev/null 2>&1 || apt_install g++ gcc make
 "$PY" -c 'import ensurepip, venv' 2>/dev/null || apt_install python3-venv
 if [ "$want_test" -eq 1 ]; then
-    apt_install openssh-server openssh-client socat adb util-linux iproute2 dash postgresql chromium
+    apt_install openssh-server openssh-client socat adb util-linux iproute2 dash postgresql chromium cmake
 fi
 
 if [ ! -x .venv/bin/python ]; then
@@ -46,4 +47,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # pip leaves an installed llama-cpp-python that satisfies the range alone: no rebuild.
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+if [ "$want_test" -eq 1 ]; then
+    # a split across boards (ship --target A --target B) builds rpc-server on first use; the tests' build, made here once
+    .venv/bin/python -c 'from toolchain.deploy.provision import host_runtime; from toolchain.deploy.rpc import ensure_build; ensure_build(host_runtime(), print)'
+fi
 echo "setup: ready (.venv/bin/edgedeploy)" >&2

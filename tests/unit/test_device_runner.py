@@ -132,10 +132,22 @@ def test_parse_settings_takes_a_complete_document_and_ignores_newer_keys() -> No
     ({"prompts": ["a", 2]}, "prompts should be a non-empty list of strings"),
     ({"backend": "rocm"}, "backend 'rocm' is not one of cpu, cuda, metal, vulkan, opencl"),
     ({"backend": "vulkan", "n_gpu_layers": -1}, "n_gpu_layers should be a count of layers"),
+    ({"rpc_servers": ["10.0.0.2:5005;rm -rf /"], "lib_dir": "/x"}, "rpc_servers should be a list of host:port"),
+    ({"rpc_servers": ["10.0.0.2"], "lib_dir": "/x"}, "rpc_servers should be a list of host:port"),
+    ({"rpc_servers": ["10.0.0.2:5005"]}, "lib_dir should name the RPC build's folder"),
+    ({"tensor_split": [1, -2]}, "tensor_split should be a list of slot counts"),
 ])
 def test_parse_settings_names_what_is_wrong(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         runner.parse_settings(_doc(**changes), "settings.json")
+
+
+def test_parse_settings_of_a_split_keeps_its_rpc_devices() -> None:
+    s = runner.parse_settings(_doc(rpc_servers=["10.0.0.2:50052", "127.0.0.1:40000"], tensor_split=[22, 9], n_gpu_layers=31,
+                                   lib_dir="/root/runtime/rpc/k"))
+    # a CPU split still offloads every slot to the RPC devices, in the plan's order
+    assert s.n_gpu_layers == 31 and list(s.rpc_servers) == ["10.0.0.2:50052", "127.0.0.1:40000"] and list(s.tensor_split) == [22.0, 9.0]
+    assert runner.parse_settings(_doc(n_gpu_layers=31)).n_gpu_layers == 0  # no servers: the CPU, as before
 
 
 def test_parse_settings_wants_an_object() -> None:

@@ -117,3 +117,17 @@ def test_trends_per_board_and_since() -> None:
     assert parse_since("2025-06-02") == datetime(2025, 6, 2, tzinfo=UTC)
     with pytest.raises(BadInputError, match="not a date"):
         parse_since("last tuesday")
+
+
+def test_a_lab_group_names_its_workers(tmp_path: Path) -> None:
+    lab = tmp_path / "lab.yaml"
+    lab.write_text("boards:\n  a: {target: pi@10.0.0.5, workers: [b, pi@10.0.0.7]}\n  b: pi@10.0.0.6\n  c: pi@10.0.0.8\n")
+    loaded = load_lab(lab)
+    assert [x.name for x in loaded.boards] == ["a", "c"]  # b runs only as a's worker
+    assert [w.host for w in loaded.boards[0].workers] == ["10.0.0.6", "10.0.0.7"]
+    lab.write_text("boards:\n  a: {target: pi@10.0.0.5, workers: [a]}\n")
+    with pytest.raises(BadInputError, match="a cannot be a worker here"):
+        load_lab(lab)
+    lab.write_text("boards:\n  a: {target: pi@10.0.0.5, workers: []}\n")
+    with pytest.raises(BadInputError, match="workers should be a list"):
+        load_lab(lab)

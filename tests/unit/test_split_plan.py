@@ -110,13 +110,13 @@ def test_a_model_one_board_can_do_stays_on_one_board() -> None:
 
 
 def test_too_big_for_any_board_alone_but_right_for_two_is_split() -> None:
-    head, worker = node("A", 1.6 * GiB, head=True), node("B", 1.6 * GiB)
+    head, worker = node("A", 1.9 * GiB, head=True), node("B", 1.9 * GiB)
     p = group_plan(head, [worker])
     assert p.selected is not None and p.split is not None
     assert (p.selected.model, p.selected.quant) == ("llama-3.2-3b-instruct", "Q4_K_M")
     s = p.split
     counts = {n.target: n.layer_count for n in s.nodes}
-    assert p.group_reason.startswith("llama-3.2-3b-instruct Q4_K_M does not fit any one board (needs 2.1 GiB, best board A 1.6 GiB usable); "
+    assert p.group_reason.startswith("llama-3.2-3b-instruct Q4_K_M does not fit any one board (needs 2.1 GiB, best board A 1.9 GiB usable); "
                                      f"split {counts['A']}/{counts['B']} layers across A and B: predicted {s.decode_tokens_per_s:.1f} tok/s "
                                      f"of which {s.link_ms_per_token:.1f} ms/token on the link"), p.group_reason
     assert "alone, the largest is llama-3.2-1b-instruct Q8_0 on A" in p.group_reason and s.reason == p.group_reason
@@ -132,8 +132,8 @@ def test_too_big_for_any_board_alone_but_right_for_two_is_split() -> None:
 
 
 def test_the_hop_cost_grows_with_the_round_trip() -> None:
-    near = placed(node("A", 1.6 * GiB, head=True), [node("B", 1.6 * GiB, rtt=0.0003)]).split
-    far = placed(node("A", 1.6 * GiB, head=True), [node("B", 1.6 * GiB, rtt=0.005)]).split
+    near = placed(node("A", 1.9 * GiB, head=True), [node("B", 1.9 * GiB, rtt=0.0003)]).split
+    far = placed(node("A", 1.9 * GiB, head=True), [node("B", 1.9 * GiB, rtt=0.005)]).split
     assert far.compute_ms_per_token == near.compute_ms_per_token
     assert far.link_ms_per_token - near.link_ms_per_token == pytest.approx(ROUND_TRIPS_PER_WORKER * (5.0 - 0.3), abs=0.002)
     assert far.decode_ms_per_token > near.decode_ms_per_token
@@ -144,7 +144,7 @@ def test_the_hop_cost_grows_with_the_round_trip() -> None:
     assert from_w == 8 + HIDDEN_BYTES_PER_VALUE * 3072 and 3072 * 4 + 4 * 256 < to_w < 3072 * 4 + 4 * 256 + 2000
     assert near.link_bytes_per_token == to_w + from_w
     # a link slow enough to miss the budget rules the split out, saying how much of it is the link's
-    head, slow = node("A", 1.6 * GiB, head=True), node("B", 1.6 * GiB, rtt=0.2)
+    head, slow = node("A", 1.9 * GiB, head=True), node("B", 1.9 * GiB, rtt=0.2)
     out = evaluate_split(LADDER, head, [slow], Budget(400.0), OPTS)
     big = next(c for c in out.candidates if c.model == "llama-3.2-3b-instruct")
     assert not big.fits and any(r.startswith("split predicted ") and "ms of it on the link" in r for r in big.reasons), big.reasons
@@ -169,7 +169,7 @@ def test_three_boards_and_the_fewest_that_hold_it() -> None:
     assert sum(n.layer_count for n in p.split.nodes) == 28 and all(n.memory_bytes <= n.usable_memory_bytes for n in p.split.nodes)
     assert p.group_reason.count("/") >= 2 and "across A, B and C" in p.group_reason
     # with room on two of them, the third adds only a hop and its fixed costs: it is left out
-    roomy = group_plan(node("A", 1.6 * GiB, head=True), [node("B", 1.6 * GiB), node("C", 1.6 * GiB, address="10.0.0.3")])
+    roomy = group_plan(node("A", 1.9 * GiB, head=True), [node("B", 1.9 * GiB), node("C", 1.9 * GiB, address="10.0.0.3")])
     assert roomy.split is not None and len(roomy.split.nodes) == 2 and roomy.split.link_round_trips_per_token == 1
 
 
@@ -178,7 +178,7 @@ def test_three_boards_and_the_fewest_that_hold_it() -> None:
 
 def test_plan_group_from_facts_and_its_document_round_trips() -> None:
     f = x86_facts()
-    small = replace(f.memory, usable_bytes=int(1.6 * GiB))
+    small = replace(f.memory, usable_bytes=int(1.9 * GiB))
     a, b = replace(f, target="A", memory=small), replace(f, target="B", memory=small)
     req = build_plan_request(budget="1s", models=["llama-3.2-3b-instruct", "llama-3.2-1b-instruct"], quants=["Q4_K_M"], offline=False)
     p = plan_group([GroupMember(a, "ssh"), GroupMember(b, "ssh", link=link("B"))], req)
@@ -225,3 +225,34 @@ def test_a_board_listed_twice_is_one_board() -> None:
     a = TargetSpec(name="pi@10.0.0.2", kind="ssh", host="10.0.0.2", user="pi")
     assert same_target(a, TargetSpec(name="pi@10.0.0.2:22", kind="ssh", host="10.0.0.2", user="pi"))
     assert not same_target(a, TargetSpec(name="pi@10.0.0.3", kind="ssh", host="10.0.0.3", user="pi"))
+
+
+def test_validate_split_judges_every_node() -> None:
+    from toolchain.core.nouns import NodeTelemetry, Telemetry
+    from toolchain.deploy.group import validate_split
+
+    p = group_plan(node("A", 1.9 * GiB, head=True), [node("B", 1.9 * GiB)])
+    assert p.split is not None and p.selected is not None
+    split, pred = p.split, p.selected.predicted
+    tel = Telemetry(load_s=1, ttft_s=0.1, prefill_tokens_per_s=100, decode_tokens_per_s=pred.decode_tokens_per_s,
+                    decode_ms_p50=1000 / pred.decode_tokens_per_s, decode_ms_p90=1100 / pred.decode_tokens_per_s, peak_rss_bytes=1 << 28,
+                    llama_cpp="0.3.36", threads=2, ctx=4096, model_sha256="ab", gpu_layers_offloaded=split.n_gpu_layers)
+
+    def nodes(worker_peak: int, rx: int = 1 << 20) -> list[NodeTelemetry]:
+        return [NodeTelemetry(n.target, n.role, n.layer_count, peak_memory_bytes=worker_peak if n.role == "worker" else n.memory_bytes,
+                              share_memory_bytes=n.memory_bytes, usable_memory_bytes=n.usable_memory_bytes,
+                              link_rx_bytes=rx if n.role == "worker" else 0, link_tx_bytes=rx if n.role == "worker" else 0)
+                for n in split.nodes]
+
+    worker = next(n for n in split.nodes if n.role == "worker")
+    ok = validate_split(tel, p, split, nodes(worker.memory_bytes), "ab")
+    assert ok.passed, [c for c in ok.checks if not c.passed]
+    names = {c.name for c in ok.checks}
+    assert {"memory A", "memory B", "prediction memory B", "link B", "split placement", "decode budget"} <= names
+    assert not {"placement", "fits memory"} & names  # the one-board checks that would misjudge a split
+    over = validate_split(tel, p, split, nodes(worker.usable_memory_bytes + 1), "ab")
+    assert not over.passed and [c.name for c in over.checks if not c.passed and c.severity == "error"] == ["memory B"]
+    silent = validate_split(tel, p, split, nodes(worker.memory_bytes, rx=0), "ab")
+    assert [c.name for c in silent.checks if not c.passed and c.severity == "error"] == ["link B"]
+    cpu_only = validate_split(replace(tel, gpu_layers_offloaded=0), p, split, nodes(worker.memory_bytes), "ab")
+    assert [c.name for c in cpu_only.checks if not c.passed and c.severity == "error"] == ["split placement"]

@@ -305,7 +305,8 @@ def plan(
 
 @app.command()
 def ship(
-    target: Annotated[str, typer.Option("--target", help="Where to deploy (see `edgedeploy targets`).")],
+    target: Annotated[list[str], typer.Option("--target", help="Where to deploy (see `edgedeploy targets`). Twice or more: a group "
+                                              "(the first is the head); a model no board runs alone is split across them with llama.cpp RPC.")],
     budget: BudgetOpt = None, ttft: TtftOpt = None, ctx: CtxOpt = None, model: ModelOpt = None, quant: QuantOpt = None,
     allow_low_bit: LowBitOpt = False, offline: OfflineOpt = None,
     deploy_dir: Annotated[str | None, typer.Option("--deploy-dir", help="Deploy root on the target.")] = None,
@@ -333,11 +334,18 @@ def ship(
     from toolchain.transports.targets import resolve_target
 
     def run() -> Report:
+        if len(target) > 1 and (plan_file or mode != "bench" or sustained):
+            raise BadInputError("a group ship plans, runs and measures the split once", "leave out --plan, --mode serve and --sustained with a group")
         req = DeployRequest(
-            target=resolve_target(target), deploy_dir=deploy_dir, force=force, strict_prediction=strict_prediction,
+            target=resolve_target(target[0]), deploy_dir=deploy_dir, force=force, strict_prediction=strict_prediction,
             plan=_plan_request(budget, ttft, ctx, model, quant, allow_low_bit, offline, efficiency=efficiency, threads=threads, plan_file=plan_file,
                                backend=backend, gpu_layers=gpu_layers, device_memory=device_memory),
             options=_deploy_options(mode, sustained, serve_host, serve_port, offline, calibrate))
+        if len(target) > 1:
+            from toolchain.cli.group import resolve_group
+            from toolchain.deploy.group import ship_group
+
+            return ship_group(resolve_group(target), req, ui.ConsoleEvents(), accept_new_host_key=accept_new_host_key)
         return do_ship(req, ui.ConsoleEvents(), accept_new_host_key=accept_new_host_key, lock_wait_s=_wait_s(wait))
 
     result = guarded(as_json, run)

@@ -8,13 +8,11 @@ from typing import TYPE_CHECKING
 
 from toolchain.cli import console as ui
 from toolchain.core.errors import BadInputError
-from toolchain.core.nouns import HostFacts, Plan, TargetSpec
+from toolchain.core.nouns import Plan, TargetSpec
 from toolchain.core.units import fmt_bytes, fmt_rate
 
 if TYPE_CHECKING:
-    from toolchain.core.events import Events
     from toolchain.plan.request import PlanRequest
-    from toolchain.transports.base import Transport
 
 
 def same_target(a: TargetSpec, b: TargetSpec) -> bool:
@@ -25,11 +23,8 @@ def same_target(a: TargetSpec, b: TargetSpec) -> bool:
     return a.kind == b.kind and all(getattr(a, k) == getattr(b, k) for k in key) and a.kind in ("local", "adb", "serial", "ssh")
 
 
-def plan_targets(targets: list[str], req: PlanRequest, *, fresh_links: bool = False) -> Plan:
-    from toolchain.plan.group import GroupMember, plan_group
-    from toolchain.probe.link import Endpoint, link_for, worker_address
-    from toolchain.probe.reach import target_python
-    from toolchain.transports.factory import connect
+def resolve_group(targets: list[str]) -> list[TargetSpec]:
+    """The --target values of a group, each board once (the first is the head)."""
     from toolchain.transports.targets import resolve_target
 
     specs = [resolve_target(t) for t in targets]
@@ -38,32 +33,21 @@ def plan_targets(targets: list[str], req: PlanRequest, *, fresh_links: bool = Fa
             if same_target(specs[j], s):
                 raise BadInputError(f"--target {targets[i]} names the same board as --target {targets[j]}",
                                     "list each board of the group once; the first --target is the head")
+    return specs
+
+
+def plan_targets(targets: list[str], req: PlanRequest, *, fresh_links: bool = False) -> Plan:
+    from toolchain.deploy.group import group_members, probe_for_plan
+    from toolchain.plan.group import plan_group
+    from toolchain.transports.factory import connect
+
+    specs = resolve_group(targets)
     events = ui.ConsoleEvents()
     with contextlib.ExitStack() as stack:
         conns = [stack.enter_context(connect(s)) for s in specs]
         facts = [probe_for_plan(s, t, events) for s, t in zip(specs, conns, strict=True)]
-        head = Endpoint(facts[0].target, conns[0], target_python(specs[0], facts[0]))
-        members = [GroupMember(facts[0], specs[0].kind, specs[0].board)]
-        for s, t, f in zip(specs[1:], conns[1:], facts[1:], strict=True):
-            address = worker_address(s, t)
-            worker = Endpoint(f.target, t, target_python(s, f))
-            with events.busy(f"measuring the link {head.name} -> {worker.name} ({address})"):
-                link = link_for(head, worker, address, facts[0], f, fresh=fresh_links)
-            members.append(GroupMember(f, s.kind, s.board, link))
+        members = group_members(specs, conns, facts, events, fresh_links=fresh_links)
     return plan_group(members, req)
-
-
-def probe_for_plan(spec: TargetSpec, transport: Transport, events: Events) -> HostFacts:
-    """A quick probe when the device's stored measurements carry what the plan needs (its read
-    rate), else a full one: a group plan probes every board and should not measure what is known."""
-    from toolchain.plan import calibration
-    from toolchain.probe.reach import deploy_root, probe_target
-
-    root = deploy_root(spec, transport)
-    facts = probe_target(spec, transport, root, events, quick=True)
-    if any(r.bandwidth_bytes_per_s > 0 for r in calibration.load(calibration.fingerprint(facts))):
-        return facts
-    return probe_target(spec, transport, root, events)
 
 
 def render_group(plan: Plan, every: bool = False) -> None:

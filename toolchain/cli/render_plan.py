@@ -80,6 +80,11 @@ def render_checks(checks: list[Check]) -> None:
 
 def render_ship(report: Report) -> None:
     render_checks(report.verdict.checks)
+    for n in report.nodes:  # a split across boards: each board measured
+        link = (f"; its link carried {n.link_rx_bytes / 1e6:.1f} MB in, {n.link_tx_bytes / 1e6:.2f} MB out"
+                if n.role == "worker" else "")
+        ui.err.print(f"{n.role} {n.target} ({n.endpoint}): {n.layer_count} layers, peak {n.peak_memory_bytes / 2**20:.0f} MiB "
+                     f"(share {n.share_memory_bytes / 2**20:.0f}, usable {n.usable_memory_bytes / 2**20:.0f}){link}", markup=False)
     rel = report.release
     if rel:
         state = "activated" if rel.activated else "NOT activated (previous release stays current)"

@@ -512,6 +512,23 @@ class NodeShare:
 
 
 @dataclass(frozen=True)
+class NodeTelemetry:
+    """One board of a split run, measured (deploy/group.py): its peak memory against its share,
+    and the bytes its link carried during the run."""
+
+    target: str
+    role: str  # head | worker
+    layer_count: int
+    endpoint: str = ""  # the rpc-server the head's llama.cpp used on it (host:port)
+    peak_memory_bytes: int = 0  # a worker: rpc-server's VmHWM; the head: the runner's plus its own rpc-server's
+    share_memory_bytes: int = 0  # what the plan gave it (NodeShare.memory_bytes)
+    usable_memory_bytes: int = 0
+    link_interface: str = ""  # a worker's interface holding the address the head uses
+    link_rx_bytes: int = 0  # received by the worker during the run (tensors at load, hidden states)
+    link_tx_bytes: int = 0  # sent by the worker (its outputs back to the head)
+
+
+@dataclass(frozen=True)
 class SplitPlacement:
     """A model's layers across boards joined by llama.cpp's RPC backend (plan/split.py).
 

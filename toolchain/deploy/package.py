@@ -74,9 +74,10 @@ def runner_settings(sel: Selected) -> dict[str, object]:
     }
 
 
-def settings_document(sel: Selected, rid: str) -> dict[str, object]:
-    """settings.json: the runner's settings plus what belongs to this release (its id, the prompts)."""
-    return {**runner_settings(sel), "release_id": rid, "prompts": list(BENCH_PROMPTS)}
+def settings_document(sel: Selected, rid: str, extra: dict[str, object] | None = None) -> dict[str, object]:
+    """settings.json: the runner's settings plus what belongs to this release (its id, the prompts)
+    and, for a split, its RPC devices (deploy/group.py)."""
+    return {**runner_settings(sel), **(extra or {}), "release_id": rid, "prompts": list(BENCH_PROMPTS)}
 
 
 def release_id(sel: Selected, model_sha256: str) -> str:
@@ -94,7 +95,8 @@ def release_id(sel: Selected, model_sha256: str) -> str:
     return check_release_id(rid, "release id")
 
 
-def package(plan: Plan, gguf: Path, out_dir: Path, *, python: str, model_sha256: str | None = None) -> Bundle:
+def package(plan: Plan, gguf: Path, out_dir: Path, *, python: str, model_sha256: str | None = None,
+            extra_settings: dict[str, object] | None = None) -> Bundle:
     """Write the bundle into out_dir (created); the GGUF is hard-linked when possible."""
     sel = plan.selected
     assert sel is not None, "package() needs a plan with a selection"
@@ -109,7 +111,7 @@ def package(plan: Plan, gguf: Path, out_dir: Path, *, python: str, model_sha256:
         model_dst.symlink_to(gguf.resolve())
     for name in DEVICE_FILES:
         (out_dir / name).write_bytes(files("toolchain.device").joinpath(name).read_bytes())
-    (out_dir / SETTINGS_FILE).write_text(json.dumps(settings_document(sel, rid), indent=2, sort_keys=True) + "\n")
+    (out_dir / SETTINGS_FILE).write_text(json.dumps(settings_document(sel, rid, extra_settings), indent=2, sort_keys=True) + "\n")
     launcher = out_dir / LAUNCHER
     launcher.write_text(environment().get_template("run.sh.j2").render(release_id=rid, python=python))
     launcher.chmod(0o755)
@@ -119,7 +121,7 @@ def package(plan: Plan, gguf: Path, out_dir: Path, *, python: str, model_sha256:
         listed.append(BundleFile(name, sha256_file(p), p.stat().st_size))
     manifest = {
         "release": rid, "edgedeploy": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "model": sel.model, "quant": sel.quant, "settings": runner_settings(sel),
+        "model": sel.model, "quant": sel.quant, "settings": {**runner_settings(sel), **(extra_settings or {})},
         "files": [to_json_dict(f) for f in listed], "prediction": to_json_dict(sel.predicted),
         "budget": to_json_dict(plan.budget), "basis": to_json_dict(plan.basis),
     }

@@ -77,6 +77,11 @@ class Settings:
     prompts: list[str]
     backend: str = "cpu"  # the plan's placement (settings of older bundles lack it: the CPU)
     n_gpu_layers: int = 0  # llama.cpp's count: the output layer is the last one
+    # A split across boards (llama.cpp's RPC backend): the rpc-servers as host:port in device
+    # order, each device's slots, and the folder of the RPC-enabled libllama (LLAMA_CPP_LIB_PATH).
+    rpc_servers: Sequence[str] = ()
+    tensor_split: Sequence[float] = ()
+    lib_dir: str = ""
 
     def start_settings(self) -> events.RunSettings:
         """What the start event reports as "settings" (the prompts are the release's, not a setting)."""
@@ -108,8 +113,18 @@ def parse_settings(doc: object, where: str = SETTINGS_FILE) -> Settings:
         raise ValueError(f"{where}: backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if not isinstance(n_gpu_layers, int) or isinstance(n_gpu_layers, bool) or not 0 <= n_gpu_layers <= 100000:
         raise ValueError(f"{where}: n_gpu_layers should be a count of layers, found {n_gpu_layers!r}")
+    rpc = doc.get("rpc_servers", [])
+    split = doc.get("tensor_split", [])
+    lib_dir = doc.get("lib_dir", "")
+    if not isinstance(rpc, list) or not all(isinstance(x, str) and re.match(r"^[A-Za-z0-9.:\[\]-]+:[0-9]+$", x) for x in rpc):
+        raise ValueError(f"{where}: rpc_servers should be a list of host:port, found {rpc!r}")
+    if not isinstance(split, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x >= 0 for x in split):
+        raise ValueError(f"{where}: tensor_split should be a list of slot counts, found {split!r}")
+    if not isinstance(lib_dir, str) or (rpc and not lib_dir):
+        raise ValueError(f"{where}: lib_dir should name the RPC build's folder, found {lib_dir!r}")
     return Settings(
-        backend=backend, n_gpu_layers=n_gpu_layers if backend != "cpu" else 0,
+        backend=backend, n_gpu_layers=n_gpu_layers if backend != "cpu" or rpc else 0,
+        rpc_servers=list(rpc), tensor_split=[float(x) for x in split], lib_dir=lib_dir,
         model_file=_field(doc, "model_file", str, where), threads=_field(doc, "threads", int, where),
         ctx=_field(doc, "ctx", int, where), kv_type=kv_type, flash_attn=_field(doc, "flash_attn", bool, where),
         use_mmap=_field(doc, "use_mmap", bool, where), n_batch=_field(doc, "n_batch", int, where),
@@ -527,12 +542,43 @@ def backend_of(device: str) -> str:
     return d.rstrip("0123456789") or "cpu"
 
 
+RPC_LIBS = ("libggml-base.so.0", "libggml-cpu.so.0", "libggml-rpc.so.0", "libggml.so.0")  # deploy/rpc.py's LIBS, in link order
+
+
+def use_rpc_build(settings: Settings) -> None:
+    """Before llama_cpp is imported: its libllama from the RPC build (LLAMA_CPP_LIB_PATH), the ggml
+    libraries it links loaded first by path (the loader then finds them by soname), and the
+    rpc-servers registered as devices through ggml's registry, as llama.cpp's --rpc does
+    (common/arg.cpp: add_rpc_devices); llama-cpp-python 0.3.x has no working rpc_servers."""
+    if not settings.rpc_servers:
+        return
+    os.environ["LLAMA_CPP_LIB_PATH"] = settings.lib_dir
+    libs = [ctypes.CDLL(os.path.join(settings.lib_dir, name), mode=ctypes.RTLD_GLOBAL) for name in RPC_LIBS]
+    ggml = libs[-1]
+    ggml.ggml_backend_reg_by_name.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_by_name.argtypes = [ctypes.c_char_p]
+    ggml.ggml_backend_reg_get_proc_address.restype = ctypes.c_void_p
+    ggml.ggml_backend_reg_get_proc_address.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    ggml.ggml_backend_register.argtypes = [ctypes.c_void_p]
+    reg = ggml.ggml_backend_reg_by_name(b"RPC")
+    fn = ggml.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_rpc_add_server") if reg else None
+    if not fn:
+        raise RuntimeError(f"the llama.cpp build in {settings.lib_dir} has no RPC backend")
+    add_server = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)(fn)
+    for endpoint in settings.rpc_servers:
+        server_reg = add_server(endpoint.encode())
+        if not server_reg:
+            raise RuntimeError(f"rpc-server {endpoint} did not answer")
+        ggml.ggml_backend_register(server_reg)
+
+
 def load(settings: Settings) -> llama_cpp.Llama:
     import llama_cpp
 
     return llama_cpp.Llama(
         model_path=model_path(settings),
         n_gpu_layers=settings.n_gpu_layers,
+        tensor_split=list(settings.tensor_split) or None,
         n_ctx=settings.ctx,
         n_threads=settings.threads,
         n_threads_batch=settings.threads,
@@ -627,6 +673,7 @@ def bench(args: argparse.Namespace, settings: Settings) -> int:
     events.emit(out, events.START, mode="bench", settings=settings.start_settings(), pid=os.getpid(),
                 boot_id=read("/proc/sys/kernel/random/boot_id"))
     watcher = RssWatcher(out)
+    use_rpc_build(settings)
     import llama_cpp
 
     model_sha = sha256_of(os.path.realpath(model_path(settings)))

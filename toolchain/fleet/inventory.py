@@ -69,6 +69,8 @@ class LabBoard:
     quick_probe: bool
     strict_prediction: bool
     timeouts: Timeouts
+    # a group: this board is the head, these the workers of a model split across them (llama.cpp RPC)
+    workers: tuple[TargetSpec, ...] = ()
 
     @property
     def budget(self) -> Budget:
@@ -147,7 +149,8 @@ def load_lab(path: Path) -> Lab:
         raise BadInputError(f"{where}: no boards", "add a 'boards:' mapping of board name -> target")
     for name in boards_raw:  # a board's name becomes a folder of the run directory (boards/<name>/pipeline.log)
         check_slug(str(name), f"{where}: boards key", "name boards with letters, digits, '.', '_', '+' and '-', e.g. pi5-a")
-    boards = tuple(_board(str(name), entry, where, base_dir, defaults, labels, job) for name, entry in boards_raw.items())
+    boards = _groups(tuple(_board(str(name), entry, where, base_dir, defaults, labels, job) for name, entry in boards_raw.items()),
+                     boards_raw, where)
     retries = _mapping(data, "retries", where)
     _no_unknown(retries, {"attempts", "backoff", "max_backoff"}, where, "retries.")
     attempts = field(retries, "attempts", int, f"{where}: retries", optional=True, default=3)
@@ -172,6 +175,33 @@ def load_lab(path: Path) -> Lab:
 # --- boards ---------------------------------------------------------------------------------
 
 
+def _groups(boards: tuple[LabBoard, ...], raw: Mapping[str, object], where: str) -> tuple[LabBoard, ...]:
+    """`workers: [...]` on a board makes it the head of a group (ship --target head --target w ...):
+    each worker is a board of this lab (then it runs only as part of the group) or a target string."""
+    by_name = {b.name: b for b in boards}
+    heads = {str(name) for name, e in raw.items() if isinstance(e, dict) and "workers" in e}
+    used: dict[str, str] = {}
+    out = []
+    for b in boards:
+        entry = raw.get(b.name)
+        names = entry.get("workers") if isinstance(entry, dict) else None
+        if names is None:
+            out.append(b)
+            continue
+        at = f"{where}: boards.{b.name}.workers"
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+            raise BadInputError(f"{at} should be a list of board names or targets", "e.g. workers: [pi5-b, pi5-c]")
+        specs = []
+        for n in names:
+            if n == b.name or n in used or n in heads:
+                raise BadInputError(f"{at}: {n} cannot be a worker here", "a board is the head of one group or a worker of one, once")
+            used[n] = b.name
+            specs.append(by_name[n].spec if n in by_name else _parse(lambda n=n: resolve_target(n), f"{at}: {n}"))
+        out.append(replace(b, workers=tuple(specs)))
+    return tuple(b for b in out if b.name not in used)
+
+
+
 def _board(name: str, entry: object, where: str, base_dir: Path, defaults: Mapping[str, object], labels: Mapping[str, Mapping[str, object]],
            job: _TimeoutLayers) -> LabBoard:
     key = f"boards.{name}"
@@ -179,7 +209,7 @@ def _board(name: str, entry: object, where: str, base_dir: Path, defaults: Mappi
         entry = {"target": entry}
     if not isinstance(entry, dict):
         raise BadInputError(f"{where}: {key} should be a target string or a mapping", "e.g. target: pi@10.0.0.5")
-    _no_unknown(entry, SETTING_KEYS | TARGET_KEYS | {"labels"}, where, f"{key}.")
+    _no_unknown(entry, SETTING_KEYS | TARGET_KEYS | {"labels", "workers"}, where, f"{key}.")
     board_labels = entry.get("labels") or []
     if isinstance(board_labels, str):
         board_labels = [board_labels]

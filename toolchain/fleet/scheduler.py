@@ -316,7 +316,12 @@ class LabRunner:
                         request = DeployRequest(target=spec, plan=board.request, deploy_dir=root, quick_probe=board.quick_probe,
                                                 strict_prediction=board.strict_prediction,
                                                 options=DeployOptions(offline_wheels=self.lab.offline))
-                        report = self.deploy_fn(transport, request, events, run_dir)
+                        if board.workers:  # a group: the split across the head and its workers (deploy/group.py)
+                            from toolchain.deploy.group import ship_group
+
+                            report = ship_group([spec, *board.workers], request, events, run_dir=run_dir)
+                        else:
+                            report = self.deploy_fn(transport, request, events, run_dir)
                 if lock.lost:  # the run itself finished: keep its report beside the infrastructure failure
                     lost = TargetError(f"{board.name}: lost the board lock while working (it expired and another job took it over)",
                                        "the link to the board stalled longer than lock.ttl; raise lock.ttl in the lab file")

@@ -5,7 +5,10 @@ the output layer being the last slot) and runs them one after the other every to
 computes the token embedding, hands the hidden state to the first worker, reads that worker's
 output back, hands it to the next one, and so on; the head's own layers and the output layer come
 last (the head keeps the output: sending the hidden state back costs n_embd floats, sending logits
-back would cost n_vocab). Decode does not overlap the nodes, so a token costs every node's share
+back would cost n_vocab). llama.cpp lists RPC devices first and never the CPU as a device, so the
+head's layers and the output run in an rpc-server of the head's own on loopback, the last device
+(deploy/group.py); its memory (a second runtime, and the copy of a tied embedding table the output
+layer gets) is the head's. Decode does not overlap the nodes, so a token costs every node's share
 (its bytes at its own read rate plus its own fixed costs: each node runs its own graph) plus, for
 each worker, the hop.
 
@@ -79,6 +82,7 @@ class LayerTable:
     weight_types: tuple[tuple[str, float], ...] = ()  # share of the weights read per token by ggml type (kernels differ)
     rows: int = 0  # matrix rows a token's matmuls produce, the whole model
     active_params: int = 0
+    tied_output_bytes: int = 0  # tied embeddings: the output layer's copy of the table, on the output device
 
 
 def layer_table(opt: Option, w: Weights, ctx: int, kv_type: str, opts: PlanOptions, isa: frozenset[str]) -> LayerTable:
@@ -107,7 +111,7 @@ def layer_table(opt: Option, w: Weights, ctx: int, kv_type: str, opts: PlanOptio
         bench_compute_bytes=sizing.compute_buffer_bytes(a, opts.bench_prompt_tokens, _pad(min(ctx, opts.depth)), flash),
         head_runtime_bytes=sizing.runtime_bytes(w, a), repack_share=rep / max(1, w.total_bytes), kv_ggml=t,
         mask_cells=_pad(depth + 1), has_swa=tuple(swa), weight_types=_mix(w), rows=w.per_token_rows,
-        active_params=sizing.active_params(opt.entry),
+        active_params=sizing.active_params(opt.entry), tied_output_bytes=0 if w.output_bytes else w.token_embd_bytes,
     )
 
 
@@ -180,8 +184,14 @@ class Placed:
 
 
 def _fixed_bytes(table: LayerTable, node: GroupNode, head: bool) -> int:
+    """The head runs the runner (token embeddings, on its CPU: llama.cpp never offloads the input
+    layer) and an rpc-server of its own on loopback for its layers and the output layer (the
+    last RPC device: deploy/group.py), which copies a tied embedding table as the output. Each
+    process has its compute buffer (the runner's CPU one measured 21.8 MiB for SmolLM2 at ctx 4096,
+    the one-board formula says 18.4)."""
     if head:
-        return table.head_runtime_bytes + table.head_bytes + table.compute_bytes + node.speed.memory_offset_bytes
+        return (table.head_runtime_bytes + table.head_bytes + 2 * table.compute_bytes + node.speed.memory_offset_bytes
+                + RPC_SERVER_RUNTIME_BYTES + table.tied_output_bytes)
     return RPC_SERVER_RUNTIME_BYTES + table.compute_bytes
 
 

@@ -40,6 +40,8 @@ done
 
 # The memory limit of this process's cgroup and every ancestor (v2 memory.max, v1
 # memory.limit_in_bytes), found through mountinfo so hybrid and namespaced hierarchies resolve.
+# The usage printed leaves out the page cache (memory.stat's file pages): the kernel reclaims it
+# before it kills anything, and a model shipped earlier would otherwise count as memory in use.
 _CGROUP = r"""while IFS=: read -r _ ctl path; do
   case ",$ctl," in
     ,,) fs=cgroup2; f=memory.max; u=memory.current ;;
@@ -51,7 +53,15 @@ _CGROUP = r"""while IFS=: read -r _ ctl path; do
     [ $fs = cgroup ] && case "$rest" in *memory*) ;; *) continue ;; esac
     if [ "$root" = / ]; then d=$path; else d=${path#"$root"}; fi
     while :; do
-      [ -r "$mp$d/$f" ] && echo "$fs ${d:-/} $(cat "$mp$d/$f") $(cat "$mp$d/$u" 2>/dev/null)"
+      if [ -r "$mp$d/$f" ]; then
+        fc=0
+        while read -r k v; do
+          case "$fs $k" in "cgroup2 active_file"|"cgroup2 inactive_file"|"cgroup total_active_file"|"cgroup total_inactive_file") fc=$((fc + v)) ;; esac
+        done 2>/dev/null < "$mp$d/memory.stat"
+        us=$(cat "$mp$d/$u" 2>/dev/null)
+        [ -n "$us" ] && us=$((us - fc))
+        echo "$fs ${d:-/} $(cat "$mp$d/$f") $us"
+      fi
       { [ -z "$d" ] || [ "$d" = / ]; } && break
       d=${d%/*}
     done

@@ -63,7 +63,7 @@ def memory_facts(meminfo: dict[str, int], cgroups: list[CgroupLimit], swap: Swap
         limit, usage = binding["limit_bytes"], binding["usage_bytes"] or 0
         margin = max(CGROUP_MARGIN_MIN_BYTES, int(limit * CGROUP_MARGIN_FRACTION))
         limits.append(Limit(limit - usage - margin, f"cgroup {binding['version']} {binding['path']} limit {fmt_bytes(limit)} - "
-                                                    f"its usage {fmt_bytes(usage)} - margin {fmt_bytes(margin)}"))
+                                                    f"its usage less page cache {fmt_bytes(usage)} - margin {fmt_bytes(margin)}"))
     if userland_bits == 32:
         limits.append(Limit(ADDRESS_SPACE_32BIT, "32-bit userland: one process addresses 3 GiB, less 256 MiB for code and stacks"))
     tightest = min(limits, key=lambda lim: lim.bytes)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from toolchain import __version__
 from toolchain.core.errors import EdgeDeployError, FailureClass, Interrupted, TargetError, ValidationFailed
-from toolchain.core.nouns import Plan, Release, Telemetry, Verdict
+from toolchain.core.nouns import NodeTelemetry, Plan, Release, Telemetry, Verdict
 from toolchain.core.paths import runs_dir
 from toolchain.core.serde import to_json_dict
 from toolchain.deploy.dry_load import DryLoadReport
@@ -58,6 +58,7 @@ class Report:
     # What this run found on the target and did about it besides deploying: a runner a killed ship
     # left behind, a lock taken over from a dead holder, the clean-up after an interrupt.
     notes: tuple[str, ...] = ()
+    nodes: list[NodeTelemetry] = field(default_factory=list)  # a split across boards: each board measured
 
     @property
     def passed(self) -> bool:
@@ -72,6 +73,8 @@ class Report:
             doc["dry_load"] = to_json_dict(self.dry_load)
         if self.serve is not None:
             doc["serve"] = to_json_dict(self.serve)
+        if self.nodes:
+            doc["nodes"] = [to_json_dict(n) for n in self.nodes]
         f = self.failure
         if f is not None:
             if not f.in_verdict:  # a missed check speaks through the verdict's checks

@@ -1,7 +1,7 @@
 """A point-to-point link with a fixed one-way delay, for kernels without netem (sch_netem), and
 the faults netem would give: packet loss, a bandwidth cap, a total outage.
 
-Usage: python -I -S delayline.py HOST_IF BOARD_IF DELAY_MS [CONTROL]   (started by replay/board.py)
+Usage: python -I -S delayline.py HOST_IF BOARD_IF DELAY_MS [CONTROL]   (replay/board.py, cluster.py)
 
 Creates two TUN devices, prints "ready", then forwards every IP packet read from one to the
 other DELAY_MS later (each direction: a round trip costs twice that, as with netem on both ends
