@@ -121,9 +121,13 @@ def _note(rec: Path, entry: dict[str, object]) -> None:
 def main(argv: list[str]) -> int:
     rec, command = Path(argv[0]), argv[1]
     body = body_of(command)
-    stdin = sys.stdin.buffer.read()  # the host always ends its input (EOF), so this returns
     started, t0 = time.time(), time.monotonic()
-    proc = subprocess.run(["/bin/dash", "-c", command], input=stdin, capture_output=True)
+    if is_runner(body):  # the runner watches the stdin the host holds open (--watch-stdin): passed on, not read to its end
+        stdin = b""
+        proc = subprocess.run(["/bin/dash", "-c", command], capture_output=True)
+    else:
+        stdin = sys.stdin.buffer.read()  # the host ends any other command's input (EOF), so this returns
+        proc = subprocess.run(["/bin/dash", "-c", command], input=stdin, capture_output=True)
     duration = time.monotonic() - t0
     sys.stdout.buffer.write(proc.stdout)
     sys.stderr.buffer.write(proc.stderr)
