@@ -9,7 +9,7 @@ import pytest
 
 from tests.boards.sshd import SshBoard
 
-__all__ = ["rpi4_board", "ssh_board_factory"]
+__all__ = ["replay_home", "rpi4_board", "ssh_board_factory"]
 
 
 @pytest.fixture
@@ -32,3 +32,17 @@ def rpi4_board() -> Iterator[SshBoard]:
     """One Raspberry Pi 4 (4 GB, 64-bit) for the whole session: do not kill its connections."""
     with SshBoard("rpi4-4gb") as board:
         yield board
+
+
+@pytest.fixture
+def replay_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A HOME whose ~/.ssh/config the lab reads (fleet.write_ssh_config); nothing from this machine's ~/.ssh."""
+    from toolchain.core.paths import cache_dir
+
+    monkeypatch.setenv("EDGEDEPLOY_CACHE", str(cache_dir()))  # the shared model cache, before HOME moves
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("SSH_AUTH_SOCK", "EDGEDEPLOY_SSH_PASSWORD", "EDGEDEPLOY_SSH_COPY", "CI_JOB_ID", "GITHUB_RUN_ID"):
+        monkeypatch.delenv(var, raising=False)
+    return home

@@ -40,20 +40,6 @@ RELEASE_FILES = {"events.py", "manifest.json", "model.gguf", "run.sh", "runner.p
 REPORT_SCHEMA = REPO / "docs" / "lab-report.schema.json"
 
 
-@pytest.fixture
-def replay_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A HOME whose ~/.ssh/config the lab reads (fleet.write_ssh_config); nothing from this machine's ~/.ssh."""
-    from toolchain.core.paths import cache_dir
-
-    monkeypatch.setenv("EDGEDEPLOY_CACHE", str(cache_dir()))  # the shared model cache, before HOME moves
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    for var in ("SSH_AUTH_SOCK", "EDGEDEPLOY_SSH_PASSWORD", "EDGEDEPLOY_SSH_COPY", "CI_JOB_ID", "GITHUB_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    return home
-
-
 def disk(board: ReplayBoard) -> Path:
     return board.path(DEPLOY_ROOT)
 

@@ -17,20 +17,6 @@ from tests.boards.replay.board import DEPLOY_ROOT, ReplayBoard
 from toolchain.fleet.locks import LOCK_NAME
 
 
-@pytest.fixture
-def replay_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A HOME whose ~/.ssh/config the lab reads (fleet.write_ssh_config); nothing from this machine's ~/.ssh."""
-    from toolchain.core.paths import cache_dir
-
-    monkeypatch.setenv("EDGEDEPLOY_CACHE", str(cache_dir()))  # the shared model cache, before HOME moves
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("HOME", str(home))
-    for var in ("SSH_AUTH_SOCK", "EDGEDEPLOY_SSH_PASSWORD", "EDGEDEPLOY_SSH_COPY", "CI_JOB_ID", "GITHUB_RUN_ID"):
-        monkeypatch.delenv(var, raising=False)
-    return home
-
-
 def handshake_s(board: ReplayBoard) -> float:
     """One TCP handshake to the board's sshd: a round trip on the link."""
     t = time.perf_counter()
