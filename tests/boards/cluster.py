@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-from tests.boards.replay.board import _must, _no_ipv6
+from tests.boards.replay.board import _must, _no_ipv6, child_pid
 from tests.boards.sshd import SSHD, BoardStartError, _remove_cgroup
 
 HERE = Path(__file__).resolve().parent
@@ -140,15 +140,7 @@ class ClusterBoard:
     def init_pid(self) -> int | None:
         if self._proc is None:
             return None
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self._proc.pid:
-                    return int(entry)
-        return None
+        return child_pid(self._proc.pid)
 
     def _keys(self) -> None:
         for path in (self.workdir / "host_ed25519", self.key_path):

@@ -72,6 +72,19 @@ def _must(argv: list[str]) -> None:
         raise BoardStartError(f"{shlex.join(argv)} failed: {res.stderr.strip() or res.stdout.strip()}")
 
 
+def child_pid(parent: int) -> int | None:
+    """A child of `parent` as this machine numbers it (unshare's child: a board's PID 1), from /proc."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
+                return int(entry)
+    return None
+
+
 class ReplayBoard:
     """Context manager; see the module docstring. `name` is the board type from tests/boards."""
 
@@ -413,15 +426,7 @@ class ReplayBoard:
         """The board's PID 1 as this machine numbers it: unshare's child."""
         if self._proc is None:
             return None
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self._proc.pid:
-                    return int(entry)
-        return None
+        return child_pid(self._proc.pid)
 
     def _log(self) -> str:
         try:
